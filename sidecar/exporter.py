@@ -146,7 +146,7 @@ code{{font-size:85%;color:#555}} .ok{{color:#1a7f37}} .warn{{color:#9a6700}} .er
         server_cls = _Server6 if ":" in host else ThreadingHTTPServer
         self._server = server_cls((host, int(port)), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True)
         self._thread.start()
         log.info("listening", extra=kv(address=self.address))
         return self

@@ -178,8 +178,9 @@ class QueryRunner:
 
     def _cycle(self, now: float) -> CycleStats:
         window = self._window(now)
-        if window is None:  # interval shorter than step: nothing new to score yet
-            return CycleStats(returned=self.view.series_returned, scored=0, not_ready=self.view.series_not_ready)
+        if window is None:  # interval shorter than step: no new point yet, the last scores stand
+            v = self.view
+            return CycleStats(returned=v.series_returned, scored=v.series_scored, not_ready=v.series_not_ready)
         first = self.buffer.end is None or window[1] - self.buffer.end >= self.buffer.capacity * self.spec.step
         result = self.client.query_range(self.spec.expr, window[0], window[1], self.spec.step)
         if self.telemetry is not None:

@@ -63,6 +63,9 @@ class Adaptive(Detector):
         innovation: bool = True,
         innovation_sensitivity: float | None = None,
         tail: float = 0.01,
+        tail_points: int = 1,
+        tail_mode: str = "order",
+        tail_prob: float = 1e-4,
         seasonal_gain: float = 0.6,
         rel_floor: float = 1e-3,
         min_history: int = 100,
@@ -77,6 +80,9 @@ class Adaptive(Detector):
         self.innovation = innovation
         self.innovation_sensitivity = innovation_sensitivity
         self.tail = tail
+        self.tail_points = tail_points
+        self.tail_mode = tail_mode
+        self.tail_prob = tail_prob
         self.seasonal_gain = seasonal_gain
         self.rel_floor = rel_floor
         self.min_history = min_history
@@ -91,18 +97,62 @@ class Adaptive(Detector):
         require_number(self, "min_band", minimum=0)
 
     # -- helpers ----------------------------------------------------------------------
-    def _scales(self, r: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Center, upper and lower scale of residual rows: max(MAD sigma, tail sigma, floor)."""
-        a = self.tail
-        q_lo, med, q_hi = row_quantiles(r, [a / 2, 0.5, 1 - a / 2])
-        mad = 1.4826 * row_quantiles(np.abs(r - med[:, None]), [0.5])[0]
+    def _scales(self, r: np.ndarray, floor: np.ndarray, dof: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Center and upper/lower band half-widths of residual rows (sensitivity already applied)."""
+        if self.tail_mode == "evt":
+            return self._evt(r, floor)
+        from scipy.special import ndtri
+
+        srt = np.sort(r, axis=1)
+        n = np.sum(~np.isnan(r), axis=1)
+        rows = np.arange(r.shape[0])
+        nn = np.maximum(n, 1)
+        med = 0.5 * (srt[rows, (nn - 1) // 2] + srt[rows, nn // 2])
+        ad = np.sort(np.abs(r - med[:, None]), axis=1)
+        mad = 1.4826 * 0.5 * (ad[rows, (nn - 1) // 2] + ad[rows, nn // 2])
         with quiet_nan_warnings():
             mean_ad = 1.2533 * np.nanmean(np.abs(r - med[:, None]), axis=1)
         base = np.where(mad > 0, mad, mean_ad)
-        up = np.fmax(base, (q_hi - med) / _Z99)
-        lo = np.fmax(base, (med - q_lo) / _Z99)
+        k = np.minimum(self.tail_points, nn)
+        z = ndtri(1 - k / (np.maximum(nn / dof, 2 * k) + 1.0))
+        hi = srt[rows, nn - k]
+        lo = srt[rows, k - 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            up = np.fmax(base, (hi - med) / z)
+            lo = np.fmax(base, (med - lo) / z)
         up = np.nan_to_num(np.fmax(up, floor))
         lo = np.nan_to_num(np.fmax(lo, floor))
+        med = np.where(n > 0, med, np.nan)
+        return med, self.sensitivity * up, self.sensitivity * lo
+
+    def _evt(self, r: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exponential-tail extrapolation: the value exceeded with probability p per point.
+
+        Above the (1 - a) quantile u the tail is modelled as exponential with the mean excess
+        beta; the edge is u + beta * ln(a / p), for each side separately.
+        """
+        a, p = self.tail, self.tail_prob
+        srt = np.sort(r, axis=1)
+        n = np.sum(~np.isnan(r), axis=1)
+        rows = np.arange(r.shape[0])
+        nn = np.maximum(n, 1)
+        med = 0.5 * (srt[rows, (nn - 1) // 2] + srt[rows, nn // 2])
+        m = np.maximum(np.ceil(a * nn).astype(np.intp), 1)  # points in each tail
+        cols = np.arange(r.shape[1])[None, :]
+        # upper tail: the m largest; u = the (m+1)-th largest
+        u_hi = srt[rows, np.maximum(nn - m - 1, 0)]
+        top = (cols >= (nn - m)[:, None]) & (cols < nn[:, None])
+        ex_hi = np.where(top, srt - u_hi[:, None], 0.0).sum(axis=1) / m
+        u_lo = srt[rows, np.minimum(m, nn - 1)]
+        bot = cols < m[:, None]
+        ex_lo = np.where(bot, u_lo[:, None] - srt, 0.0).sum(axis=1) / m
+        f = np.log(a / p)
+        with np.errstate(invalid="ignore"):
+            up = u_hi + ex_hi * f - med
+            lo = med - (u_lo - ex_lo * f)
+        up = np.nan_to_num(np.fmax(up, floor))
+        lo = np.nan_to_num(np.fmax(lo, floor))
+        med = np.where(n > 0, med, np.nan)
         return med, up, lo
 
     def _fit(self, X: np.ndarray, t: np.ndarray) -> None:
@@ -113,7 +163,7 @@ class Adaptive(Detector):
         self.w_ = w
         with quiet_nan_warnings():
             level = row_quantiles(X, [0.5])[0]
-        floor = np.maximum(self.rel_floor * np.abs(np.nan_to_num(level)), self.min_band / max(self.sensitivity, 1e-12))
+        floor = np.maximum(self.rel_floor * np.abs(np.nan_to_num(level)), self.min_band)
         self.floor_ = floor
         # Seasonal profile aligned to the end of the history.
         P = 0
@@ -143,26 +193,26 @@ class Adaptive(Detector):
         r = X - expected_hist
         med, up, lo = self._scales(r, floor)
         self.center_ = med
-        self.h_up_ = self.sensitivity * up
-        self.h_lo_ = self.sensitivity * lo
+        self.h_up_ = up
+        self.h_lo_ = lo
         # Change model: trailing w-means of the residuals.
         if w > 1:
             m, cnt = rolling_mean(r, w)
-            m = np.where(cnt >= max(1, w // 2), m, np.nan)
-            m_med, m_up, m_lo = self._scales(m, floor / np.sqrt(w))
+            m = np.where(cnt >= 0.75 * w, m, np.nan)
+            m_med, m_up, m_lo = self._scales(m, floor / np.sqrt(w), dof=w)
             ws = self.window_sensitivity if self.window_sensitivity is not None else self.sensitivity
             self.m_center_ = m_med
-            self.m_up_ = ws * m_up
-            self.m_lo_ = ws * m_lo
+            self.m_up_ = m_up
+            self.m_lo_ = m_lo
             if self.innovation:
                 # residual of each point against the mean of the w points before it
                 prev, pcnt = rolling_mean(np.concatenate([np.full((n_series, 1), np.nan), r[:, :-1]], axis=1), w)
-                inn = np.where(pcnt >= max(1, w // 2), r - prev, np.nan)
+                inn = np.where(pcnt >= 0.5 * w, r - prev, np.nan)
                 i_med, i_up, i_lo = self._scales(inn, floor)
                 isens = self.innovation_sensitivity if self.innovation_sensitivity is not None else self.sensitivity
                 self.i_center_ = i_med
-                self.i_up_ = isens * i_up
-                self.i_lo_ = isens * i_lo
+                self.i_up_ = i_up
+                self.i_lo_ = i_lo
             self.tail_ = r[:, max(0, n_time - w) :]
             if self.tail_.shape[1] < w:
                 self.tail_ = np.concatenate([np.full((n_series, w - self.tail_.shape[1]), np.nan), self.tail_], axis=1)
@@ -194,12 +244,13 @@ class Adaptive(Detector):
             n = prev_cnt + 1
             # x such that the w-mean of residuals hits its band edge
             e0 = e - self.center_[:, None]
-            up_c = e0 + n * (self.m_center_[:, None] + self.m_up_[:, None]) - prev_sum
-            lo_c = e0 + n * (self.m_center_[:, None] - self.m_lo_[:, None]) - prev_sum
+            full = n >= 0.75 * w
+            up_c = np.where(full, e0 + n * (self.m_center_[:, None] + self.m_up_[:, None]) - prev_sum, np.inf)
+            lo_c = np.where(full, e0 + n * (self.m_center_[:, None] - self.m_lo_[:, None]) - prev_sum, -np.inf)
             if self.innovation:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     pw = k[:, j] - k[:, j - w]
-                    pm = np.where(pw >= max(1, w // 2), (c[:, j] - c[:, j - w]) / pw, np.nan)
+                    pm = np.where(pw >= 0.5 * w, (c[:, j] - c[:, j - w]) / pw, np.nan)
                 # with w-1 previous points (close enough to w used in fit)
                 up_i = e0 + pm + self.i_center_[:, None] + self.i_up_[:, None]
                 lo_i = e0 + pm + self.i_center_[:, None] - self.i_lo_[:, None]

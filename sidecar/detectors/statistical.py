@@ -185,9 +185,10 @@ class QuantileBand(Detector):
 class EWMA(Detector):
     """Exponentially weighted mean and variance, updated point by point: follows slow drifts.
 
-    Each point is compared with the average of the points before it. Points outside the
-    band update the averages with their value clipped to the band, so that a spike does not
-    drag the expectation along or widen the band for the points after it.
+    Each point is compared with the averages of the points before it. A point outside the
+    band moves the mean only by its value clipped to the band and the variance at a quarter
+    of the rate, so that a spike neither drags the expectation along nor widens the band
+    much, while a lasting shift in level or noise is still adopted within a few half-lives.
     """
 
     time_invariant = True
@@ -234,12 +235,15 @@ class EWMA(Detector):
             exp[:, j], half[:, j] = mean, h
             x = X[:, j]
             ok = ~np.isnan(x)
-            xc = np.clip(x, mean - h, mean + h)
+            inside = ok & (np.abs(x - mean) <= h)
             # An empty band (constant history) must still let a lasting change in.
-            xc = np.where(h > 0, xc, x)
+            xc = np.where(h > 0, np.clip(x, mean - h, mean + h), x)
             d = np.where(ok, xc - mean, 0.0)
+            # Outside the band the variance learns four times slower: a spike barely widens the
+            # band, while a lasting change in level or noise is adopted within a few half-lives.
+            a = np.where(inside | (h == 0), alpha, alpha / 4)
+            var = np.where(ok, (1 - a) * (var + a * d * d), var)
             mean = mean + alpha * d
-            var = np.where(ok, (1 - alpha) * (var + alpha * d * d), var)
         return exp, exp - half, exp + half, mean, var
 
     def _band(self, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
