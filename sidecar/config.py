@@ -338,9 +338,10 @@ def _resolve(raw: RawConfig, detector_names: dict[str, str | None]) -> tuple[tup
         elif points > 1_000_000:
             problems.append((src("history"), f"{int(points)} points per series is too many: raise step or shorten history"))
         ttl = q.series_ttl if q.series_ttl is not None else d.series_ttl
-        ttl = ttl if ttl is not None else max(300.0, 3 * interval)
-        if ttl < interval:
-            problems.append((src("series_ttl"), f"must be at least the interval ({format_duration(interval)}), or series would blink out between cycles"))
+        cadence = max(interval, step)  # a series gets a fresh score at most this often
+        ttl = ttl if ttl is not None else max(300.0, 3 * cadence)
+        if ttl < cadence:
+            problems.append((src("series_ttl"), f"must be at least the interval and the step ({format_duration(cadence)}), or series would blink out between scores"))
         refit = q.refit_interval if q.refit_interval is not None else d.refit_interval
         own = q.detector is not None
         specs.append(

@@ -63,13 +63,13 @@ class SelfCollector:
         yield last
 
 
-def render_scores(snapshot: Snapshot) -> str:
+def render_scores(snapshot: Snapshot) -> bytes:
     """All ``anomaly_*`` families of every query, each family contiguous as the format requires."""
     parts = []
     for i, (name, doc) in enumerate(FAMILIES):
-        parts.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+        parts.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n".encode())
         parts.extend(v.chunks[i] for v in snapshot.views.values())
-    return "".join(parts)
+    return b"".join(parts)
 
 
 class Exporter:
@@ -90,7 +90,7 @@ class Exporter:
         snap = self.store.current()
         with self._cache_lock:
             if self._cache[0] != snap.version:
-                self._cache = (snap.version, render_scores(snap).encode())
+                self._cache = (snap.version, render_scores(snap))
             return self._cache[1]
 
     def metrics_body(self) -> bytes:

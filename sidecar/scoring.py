@@ -131,8 +131,9 @@ class QueryRunner:
             if self.telemetry is not None:
                 self.telemetry.query_errors.labels(self.spec.name, error.reason).inc()
             self.view = self.view.finished(success=False, error=str(error), error_reason=error.reason, **common)
+        elif stats is None:  # nothing was due: keep the last cycle's status, refresh expiry
+            self.view = self.view.finished(**common)
         else:
-            assert stats is not None
             if stats.returned == 0:
                 self._report_problem("no series", logging.INFO, "query returned no series")
             elif self._last_problem is not None:
@@ -176,11 +177,10 @@ class QueryRunner:
             return None
         return max(full_start, prev - OVERLAP_STEPS * step), end
 
-    def _cycle(self, now: float) -> CycleStats:
+    def _cycle(self, now: float) -> CycleStats | None:
         window = self._window(now)
-        if window is None:  # interval shorter than step: no new point yet, the last scores stand
-            v = self.view
-            return CycleStats(returned=v.series_returned, scored=v.series_scored, not_ready=v.series_not_ready)
+        if window is None:  # interval shorter than step: no new point yet, the last result stands
+            return None
         first = self.buffer.end is None or window[1] - self.buffer.end >= self.buffer.capacity * self.spec.step
         result = self.client.query_range(self.spec.expr, window[0], window[1], self.spec.step)
         if self.telemetry is not None:

@@ -54,9 +54,9 @@ def format_values(values: np.ndarray) -> list[str]:
     return out
 
 
-def render_samples(name: str, labels: list[str], values: np.ndarray) -> str:
-    """One sample line per series: ``name{labels} value``."""
-    return "".join([f"{name}{lbl} {v}\n" for lbl, v in zip(labels, format_values(values))])
+def render_samples(name: str, labels: list[str], values: np.ndarray) -> bytes:
+    """One sample line per series, ``name{labels} value``, encoded once here, not per scrape."""
+    return "".join([f"{name}{lbl} {v}\n" for lbl, v in zip(labels, format_values(values))]).encode()
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,13 @@ class QueryView:
     series_published: int = 0
     series_anomalous: int = 0
     #: Rendered samples of each family of FAMILIES, in that order.
-    chunks: tuple[str, ...] = field(default=("",) * len(FAMILIES), repr=False)
+    chunks: tuple[bytes, ...] = field(default=(b"",) * len(FAMILIES), repr=False)
 
     def finished(self, **changes: object) -> "QueryView":
         return replace(self, **changes)
 
 
-def render_chunks(labels: list[str], outputs: np.ndarray) -> tuple[str, ...]:
+def render_chunks(labels: list[str], outputs: np.ndarray) -> tuple[bytes, ...]:
     """``outputs`` rows: score, value, expected, lower, upper (FAMILIES order) for each label string."""
     return tuple(render_samples(name, labels, outputs[i]) for i, (name, _) in enumerate(FAMILIES))
 

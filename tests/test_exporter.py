@@ -43,7 +43,7 @@ def parse(text):
 
 def test_rendered_scores_parse_back_to_the_published_values(store):
     store.publish(view("latency", SERIES, last_run=1.0, success=True))
-    families = parse(render_scores(store.current()))
+    families = parse(render_scores(store.current()).decode())
     assert set(families) == {"anomaly_score", "anomaly_value", "anomaly_expected", "anomaly_lower", "anomaly_upper"}
     samples = {s.labels["model"]: s for s in families["anomaly_score"].samples}
     assert samples['we"ird\\name\n'].value == 1.5
@@ -56,7 +56,7 @@ def test_rendered_scores_parse_back_to_the_published_values(store):
 def test_each_family_is_contiguous_across_queries(store):
     store.publish(view("latency", SERIES))
     store.publish(view("errors", SERIES[:1]))
-    names = [line.split("{")[0] for line in render_scores(store.current()).splitlines() if not line.startswith("#")]
+    names = [line.split("{")[0] for line in render_scores(store.current()).decode().splitlines() if not line.startswith("#")]
     assert len(names) == 15
     assert names == sorted(names, key=["anomaly_score", "anomaly_value", "anomaly_expected", "anomaly_lower", "anomaly_upper"].index)
 

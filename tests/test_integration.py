@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 def sidecar_config(path: Path, prometheus_url: str, **defaults) -> Path:
     cfg = {
         "prometheus": {"url": prometheus_url, "timeout": "5s", "retries": 0},
-        "defaults": {"interval": "2s", "step": "15s", "history": "1h", "series_ttl": "10s", **defaults},
+        "defaults": {"interval": "2s", "step": "5s", "history": "1h", "series_ttl": "10s", **defaults},
         "queries": [
             {"name": "latency", "expr": "model_latency_seconds"},
             {"name": "throughput", "expr": "sum by (model) (rate(model_requests_total[1m]))", "detector": {"type": "ewma", "halflife": "10m"}},

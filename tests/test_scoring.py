@@ -62,7 +62,7 @@ def test_every_series_is_scored_and_only_the_injected_anomaly_reaches_1(history)
 def test_published_labels_are_the_source_labels_plus_query_and_detector(history):
     runner = runner_for(history)
     view = runner.run()
-    lines = view.chunks[0].splitlines()
+    lines = view.chunks[0].decode().splitlines()
     assert len(lines) == 4
     assert lines[0].startswith(
         'anomaly_score{detector="robust_zscore",instance="10.0.0.1:8000",job="model-server",model="m1",namespace="serving",pod="model-0",query="q"} '
@@ -155,7 +155,7 @@ def test_a_bad_query_fails_with_a_reason_and_is_counted(history, query, reason):
 
 def test_a_query_with_no_series_is_a_success_with_zero_series(history):
     view = runner_for(history, expr="no_such_metric").run()
-    assert view.success and view.series_returned == 0 and view.chunks[0] == ""
+    assert view.success and view.series_returned == 0 and view.chunks[0] == b""
 
 
 def test_short_history_means_not_ready_and_no_published_score(history):
@@ -176,10 +176,24 @@ def test_scores_outlive_a_failing_prometheus_only_for_series_ttl(history, caplog
     for _ in range(4):
         clock.now += 15
         view = runner.run()
-    assert view.series_published == 0 and view.chunks[0] == ""
+    assert view.series_published == 0 and view.chunks[0] == b""
     # The same failure was logged once, not once per cycle.
     failures = [r for r in caplog.records if r.getMessage() == "query failed" and r.levelname == "WARNING"]
     assert len(failures) == 1
+
+
+def test_a_cycle_with_no_new_step_keeps_the_last_status_without_asking_prometheus(history):
+    clock = Clock((history.end // 15) * 15 + 0.5)
+    runner = runner_for(history, clock=clock, client_cls=RecordingClient, interval="5s", step="15s")
+    assert runner.run().success is True
+    runner.client.settings = runner.client.settings.model_copy(update={"url": f"http://127.0.0.1:{free_port()}"})
+    clock.now += 5  # same 15 s step: nothing new to fetch, the last (good) status stands
+    assert runner.run().success is True and len(runner.client.windows) == 1
+    clock.now += 10  # next step: the fetch fails
+    assert runner.run().success is False and len(runner.client.windows) == 2
+    clock.now += 5  # same step again: the failed fetch is retried, and the status says failed
+    view = runner.run()
+    assert view.success is False and view.error_reason == "connection" and len(runner.client.windows) == 3
 
 
 def test_scoring_resumes_when_prometheus_answers_again(history):
@@ -197,7 +211,7 @@ def test_scoring_resumes_when_prometheus_answers_again(history):
 def test_source_labels_named_query_or_detector_are_kept_as_exported(history):
     runner = runner_for(history, expr='label_replace(model_latency_seconds{model="m1"}, "query", "theirs", "", "")')
     view = runner.run()
-    assert 'exported_query="theirs"' in view.chunks[0] and 'query="q"' in view.chunks[0]
+    assert b'exported_query="theirs"' in view.chunks[0] and b'query="q"' in view.chunks[0]
 
 
 def test_every_detector_runs_through_the_cycle(history):

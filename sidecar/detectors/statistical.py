@@ -12,6 +12,8 @@ from sidecar.detectors.base import (
     Detector,
     ParamError,
     fallback_spread,
+    nanmedian_rows,
+    nanquantile_rows,
     quiet_nan_warnings,
     require_duration,
     require_int,
@@ -86,9 +88,7 @@ class StaticThreshold(Detector):
     def _fit(self, X: np.ndarray, t: np.ndarray) -> None:
         lo = -np.inf if self.min is None else float(self.min)
         hi = np.inf if self.max is None else float(self.max)
-        with quiet_nan_warnings():
-            median = np.nanmedian(X, axis=1) if X.shape[1] else np.full(X.shape[0], np.nan)
-        self.expected_ = np.clip(median, lo, hi)
+        self.expected_ = np.clip(nanmedian_rows(X), lo, hi)
         self.lower_, self.upper_ = lo, hi
 
     def _band(self, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,8 +128,8 @@ class RobustZScore(_CenterSpread):
         self.min_band = min_band
 
     def _center_spread(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        median = np.nanmedian(X, axis=1)
-        mad = 1.4826 * np.nanmedian(np.abs(X - median[:, None]), axis=1)
+        median = nanmedian_rows(X)
+        mad = 1.4826 * nanmedian_rows(np.abs(X - median[:, None]))
         return median, fallback_spread(X, median, mad)
 
 
@@ -168,7 +168,7 @@ class QuantileBand(Detector):
 
     def _fit(self, X: np.ndarray, t: np.ndarray) -> None:
         with quiet_nan_warnings():
-            q_lo, median, q_hi = np.nanquantile(X, [self.q_low, 0.5, self.q_high], axis=1)
+            q_lo, median, q_hi = nanquantile_rows(X, (self.q_low, 0.5, self.q_high))
             # A box of width 0 (mostly-constant series) falls back to a mean-absolute-deviation box.
             box = fallback_spread(X, median, q_hi - q_lo)
         width = np.nan_to_num(box, nan=0.0)
@@ -219,7 +219,7 @@ class EWMA(Detector):
         step = float(np.median(np.diff(t))) if t.size > 1 else 1.0
         self.alpha_ = alpha = float(1.0 - 0.5 ** (step / require_duration(self, "halflife")))
         with quiet_nan_warnings():
-            mean0 = np.nanmedian(X, axis=1)
+            mean0 = nanmedian_rows(X)
             var0 = np.nanvar(X, axis=1)
         # Warm the averages up through the history, causally, from its median and variance.
         *_, self.mean_, self.var_ = self._run(X, alpha, np.nan_to_num(mean0), np.nan_to_num(var0))
@@ -314,8 +314,8 @@ class Seasonal(Detector):
                     profile[:, b] = np.nanmedian(X[:, cols], axis=1)
             expected = profile[:, phase]
             resid = X - expected
-            centre = np.nanmedian(resid, axis=1)
-            mad = 1.4826 * np.nanmedian(np.abs(resid - centre[:, None]), axis=1)
+            centre = nanmedian_rows(resid)
+            mad = 1.4826 * nanmedian_rows(np.abs(resid - centre[:, None]))
             spread = fallback_spread(resid, centre, mad)
         self.profile_ = profile
         self.spread_ = np.nan_to_num(spread, nan=0.0)
