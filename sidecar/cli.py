@@ -197,7 +197,7 @@ def _print_score_table(results: list[tuple[Any, list[tuple[dict[str, str], list[
     for view, series in results:
         for labels, (score, value, expected, lower, upper) in sorted(series, key=lambda s: -(s[1][0] if not math.isnan(s[1][0]) else -1)):
             series_txt = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-            flag = "ANOMALOUS" if score >= 1 else ""
+            flag = "ANOMALOUS" if score > 1 else ""
             rows.append((view.name, series_txt, _fmt(value), _fmt(expected), _fmt(lower), _fmt(upper), _fmt(score), flag))
     if rows:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

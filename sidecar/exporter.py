@@ -128,7 +128,7 @@ code{{font-size:85%;color:#555}} .ok{{color:#1a7f37}} .warn{{color:#9a6700}} .er
 <p>Status: {ready}. Up {format_duration(round(now - self.started))}.</p>
 <p><a href="/metrics">/metrics</a> · <a href="/-/healthy">/-/healthy</a> · <a href="/-/ready">/-/ready</a></p>
 <table><tr><th>query</th><th>detector</th><th>interval</th><th>last run</th><th>status</th>
-<th>series returned</th><th>scored</th><th>not ready</th><th>anomalous (score &ge; 1)</th></tr>
+<th>series returned</th><th>scored</th><th>not ready</th><th>anomalous (score &gt; 1)</th></tr>
 {''.join(rows)}
 </table></body></html>"""
         return page.encode()

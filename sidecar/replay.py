@@ -3,8 +3,9 @@
 The live sidecar refits on the trailing ``history`` points every ``refit_every`` points and
 scores the points after each refit with that fit. Replaying that over a long series is a
 loop over refit boundaries; for detectors whose result does not depend on absolute time
-(``time_invariant``) the loop is folded into one call by stacking every boundary's window
-as a row of one batch, so a 20,000-point series costs a few vectorised passes.
+(``time_invariant``) and that treat rows independently (not ``pools_series``) the loop is
+folded into one call by stacking every boundary's window as a row of one batch, so a
+20,000-point series costs a few vectorised passes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def replay(
     if bounds.size == 0:
         return out
     regular = t.size < 3 or np.allclose(np.diff(t), t[1] - t[0])
-    if getattr(detector, "time_invariant", False) and regular:
+    if detector.time_invariant and not detector.pools_series and regular:
         _replay_stacked(detector, X, t, history, refit_every, bounds, out)
     else:
         _replay_loop(detector, X, t, history, refit_every, bounds, out)

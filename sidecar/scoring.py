@@ -123,7 +123,7 @@ class QueryRunner:
             last_run=self.clock(),
             duration=duration,
             series_published=int(visible.sum()),
-            series_anomalous=int(np.sum(self.outputs[0, visible] >= 1)),
+            series_anomalous=int(np.sum(self.outputs[0, visible] > 1)),
             chunks=chunks,
         )
         if error is not None:

@@ -160,7 +160,7 @@ class Stack:
         for s in rows:
             m = s["metric"]
             score = float(s["value"][1])
-            flag = "  <-- ANOMALOUS" if score >= 1 else ""
+            flag = "  <-- ANOMALOUS" if score > 1 else ""
             print(f"    {score:7.2f}  {m.get('query', '?'):<24} model={m.get('model', '-')}{flag}")
 
 

@@ -153,6 +153,10 @@ class Detector:
     #: True when fit/score use ``t`` only through its spacing, never absolute time; lets
     #: :func:`sidecar.replay.replay` stack many windows into one batch.
     time_invariant: ClassVar[bool] = False
+    #: True when one model is learned from all series of the batch together (a global
+    #: machine-learning model): rows are then not independent, so replay must not stack
+    #: windows of different times into one batch, and a series' score depends on its peers.
+    pools_series: ClassVar[bool] = False
 
     min_history: int
 
