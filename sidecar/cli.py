@@ -52,6 +52,35 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--offline", action="store_true", help="do not ask Prometheus to parse the expressions")
 
     sub.add_parser("detectors", help="list the available detectors with their parameters and defaults")
+
+    bt = sub.add_parser(
+        "backtest",
+        help="replay a detector causally over the past: Prometheus history or CSV files",
+        description="Replay causally what the sidecar would have scored and paged. From Prometheus: "
+        "--config FILE --start TIME --end TIME [--query NAME]. From files: --csv FILE_OR_DIR [--detector SPEC] [--output OUT].",
+    )
+    src = bt.add_argument_group("from Prometheus")
+    src.add_argument("--config", "-c", metavar="FILE", help="sidecar config whose queries are replayed")
+    src.add_argument("--query", action="append", metavar="NAME", help="only this query (repeatable)")
+    src.add_argument("--start", metavar="TIME", help="now-7d, 2026-11-01T00:00:00Z or unix seconds")
+    src.add_argument("--end", metavar="TIME", default="now")
+    src.add_argument("--prometheus-url", metavar="URL", help="override prometheus.url of the config")
+    files = bt.add_argument_group("from CSV files")
+    files.add_argument("--csv", metavar="FILE_OR_DIR", help="timestamp,value[,value...] with a header; a folder: every *.csv below it")
+    files.add_argument("--detector", metavar="SPEC", help="a name or inline YAML/JSON, e.g. '{type: robust_zscore, sensitivity: 4}'")
+    files.add_argument("--train", metavar="FILE", help="fit on this file (same columns) before scoring --csv, no refits")
+    files.add_argument("--history", type=int, metavar="POINTS", help="points each fit sees (default: %(default)s)")
+    files.add_argument("--refit-every", type=int, metavar="POINTS", help="points scored per fit")
+    files.add_argument("--file-order", action="store_true", help="accept repeated or backward timestamps (DST changes) and score rows in file order")
+    files.add_argument("--labels", metavar="FILE", help='anomaly windows {"path.csv": [["start", "end"], ...]}: precision, recall, delay')
+    out = bt.add_argument_group("output")
+    out.add_argument("--output", "-o", metavar="OUT", help="scores as CSV (a folder when --csv is a folder)")
+    out.add_argument("--plot", metavar="OUT.png", help="a picture of value, band, score and alerts (a folder when --csv is a folder)")
+    out.add_argument("--openmetrics", metavar="OUT.om", help="scores as OpenMetrics for promtool tsdb create-blocks-from openmetrics")
+    out.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="extra label on --openmetrics series (repeatable)")
+    out.add_argument("--format", default="table", choices=["table", "json"])
+    out.add_argument("--alert-threshold", type=float, default=None, metavar="SCORE", help="alert when the score is above this (default: the shipped rule's 1)")
+    out.add_argument("--alert-for", default=None, metavar="DURATION", help="for this long (default: the shipped rule's 5m)")
     return p
 
 
@@ -66,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_config(args)
         if args.command == "detectors":
             return cmd_detectors()
+        if args.command == "backtest":
+            from sidecar.backtest_cli import cmd_backtest
+
+            return cmd_backtest(args)
     except ConfigError as exc:
         print(f"anomaly-sidecar: {exc}", file=sys.stderr)
         return EXIT_USAGE

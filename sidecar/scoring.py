@@ -89,7 +89,10 @@ class QueryRunner:
         self.client = client
         self.telemetry = telemetry
         self.clock = clock
-        self.buffer = SeriesBuffer(spec.step, spec.history_points)
+        # The window holds the history a fit sees plus the points scored with that fit (one
+        # cycle, or one refit interval and a cycle), so that every fit sees exactly `history`.
+        between_fits = math.ceil((max(spec.interval, spec.refit_interval) + spec.interval) / spec.step)
+        self.buffer = SeriesBuffer(spec.step, spec.history_points + max(1, between_fits))
         self.labels_text: list[str] = []
         self.is_counter = np.zeros(0, dtype=bool)
         self.outputs = np.full((len(FAMILIES), 0), np.nan)  # last published outputs per row
@@ -232,7 +235,8 @@ class QueryRunner:
         return X
 
     def _fit(self, rows: np.ndarray, cut: int, now: float) -> Fit:
-        X, t = self._values()[rows, :cut], self.buffer.timestamps[:cut]
+        cols = slice(max(0, cut - self.spec.history_points), cut)
+        X, t = self._values()[rows, cols], self.buffer.timestamps[cols]
         started = time.perf_counter()
         detector = self.spec.detector().fit(X, t)
         if self.telemetry is not None:

@@ -76,7 +76,9 @@ def test_the_second_cycle_fetches_only_new_steps_and_reuses_the_buffer(history):
     clock.now += 45
     runner.run()
     (s1, e1), (s2, e2) = runner.client.windows
-    assert e1 - s1 == pytest.approx(3600 - STEP)
+    # The window: an hour of history for the fit, plus the points one cycle scores.
+    assert runner.buffer.capacity == 240 + 2
+    assert e1 - s1 == pytest.approx((runner.buffer.capacity - 1) * STEP)
     assert e2 - e1 == pytest.approx(45)
     assert s2 == pytest.approx(e1 - 2 * STEP)  # two steps of overlap for late samples
 
