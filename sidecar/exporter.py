@@ -44,6 +44,7 @@ class SelfCollector:
             ("anomaly_sidecar_series_not_ready", "Series in the query's last result with too little history to be scored.", lambda v: v.series_not_ready),
             ("anomaly_sidecar_series_published", "Series with scores on /metrics (scored recently, within series_ttl).", lambda v: v.series_published),
             ("anomaly_sidecar_query_interval_seconds", "Configured interval between cycles of the query.", lambda v: v.interval),
+            ("anomaly_sidecar_query_step_seconds", "Configured step (resolution) of the query: a new point to score comes at most this often.", lambda v: v.step),
         ]
         for name, doc, get in families:
             g = GaugeMetricFamily(name, doc, labels=["query"])

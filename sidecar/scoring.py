@@ -100,7 +100,7 @@ class QueryRunner:
         self.full_fit: Fit | None = None
         self.catchup: Fit | None = None
         self.rows_at_full_fit = 0
-        self.view = QueryView(spec.name, spec.expr, spec.detector_name, spec.interval)
+        self.view = QueryView(spec.name, spec.expr, spec.detector_name, spec.interval, spec.step)
         self._last_problem: str | None = None
         if telemetry is not None:
             telemetry.init_query(spec.name)

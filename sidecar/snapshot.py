@@ -67,6 +67,7 @@ class QueryView:
     expr: str
     detector: str
     interval: float
+    step: float = 0.0
     last_run: float | None = None  # wall-clock end of the last cycle
     last_success: float | None = None
     success: bool | None = None

@@ -71,7 +71,7 @@ def test_self_collector_reports_each_query_of_the_snapshot(store):
     assert registry.get_sample_value("anomaly_sidecar_build_info", {"version": __import__("sidecar").__version__}) == 1
     assert registry.get_sample_value("anomaly_sidecar_query_success", {"query": "latency"}) is None  # not run yet
     store.publish(view("latency", SERIES, last_run=100.0, last_success=100.0, success=True, series_scored=2, series_not_ready=3))
-    store.publish(view("errors", [], interval=60.0, last_run=101.0, success=False, error="boom", error_reason="connection"))
+    store.publish(view("errors", [], interval=60.0, step=120.0, last_run=101.0, success=False, error="boom", error_reason="connection"))
     g = registry.get_sample_value
     assert g("anomaly_sidecar_series_scored", {"query": "latency"}) == 2
     assert g("anomaly_sidecar_series_not_ready", {"query": "latency"}) == 3
@@ -81,6 +81,7 @@ def test_self_collector_reports_each_query_of_the_snapshot(store):
     assert g("anomaly_sidecar_last_success_timestamp_seconds", {"query": "latency"}) == 100
     assert g("anomaly_sidecar_last_success_timestamp_seconds", {"query": "errors"}) is None
     assert g("anomaly_sidecar_query_interval_seconds", {"query": "errors"}) == 60
+    assert g("anomaly_sidecar_query_step_seconds", {"query": "errors"}) == 120
 
 
 @pytest.fixture

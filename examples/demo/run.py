@@ -24,7 +24,7 @@ import requests
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / ".demo"
+DEMO = Path(os.environ.get("ANOMALY_SIDECAR_DEMO_DIR", REPO / ".demo"))
 PORTS = {"prometheus": 19090, "alertmanager": 19093, "model": 18000, "sidecar": 19710, "webhook": 19095}
 
 
@@ -60,6 +60,7 @@ class Stack:
         self.procs.append((name, proc))
 
     def stop(self) -> None:
+        """SIGTERM every child by pid (newest first), then wait; SIGKILL what does not stop."""
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
@@ -93,7 +94,13 @@ class Stack:
             "scrape_configs": [
                 {"job_name": "demo-model", "static_configs": [{"targets": [f"127.0.0.1:{self.ports['model']}"], "labels": {"namespace": "demo", "pod": "model-server-0"}}]},
                 # honor_labels: the scores keep the model server's job, instance, namespace, pod, model.
-                {"job_name": "anomaly-sidecar", "honor_labels": True, "static_configs": [{"targets": [f"127.0.0.1:{self.ports['sidecar']}"]}]},
+                # The `sidecar` label ties anomaly alerts to their sidecar's health alerts (inhibition).
+                {
+                    "job_name": "anomaly-sidecar",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [f"127.0.0.1:{self.ports['sidecar']}"]}],
+                    "relabel_configs": [{"source_labels": ["__address__"], "target_label": "sidecar"}],
+                },
             ],
         }
         path = DEMO / "prometheus.yml"
@@ -101,16 +108,12 @@ class Stack:
         return path
 
     def write_alertmanager_config(self) -> Path:
-        cfg = {
-            "route": {
-                "receiver": "demo-webhook",
-                "group_by": ["alertname", "namespace", "model", "pod"],
-                "group_wait": "5s",
-                "group_interval": "30s",
-                "repeat_interval": "1h",
-            },
-            "receivers": [{"name": "demo-webhook", "webhook_configs": [{"url": f"{self.url('webhook')}/alerts", "send_resolved": True}]}],
-        }
+        """The shipped routing (deploy/alertmanager/), its receivers pointed at this demo's webhook."""
+        cfg = yaml.safe_load((REPO / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
+        for receiver in cfg.get("receivers", []):
+            for hook in receiver.get("webhook_configs", []):
+                hook["url"] = f"{self.url('webhook')}/{receiver['name']}"
+        cfg["route"]["group_wait"] = "5s"  # the demo should not keep you waiting
         path = DEMO / "alertmanager.yml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         return path
@@ -126,7 +129,7 @@ class Stack:
                     lbl = alert.get("labels", {})
                     who = ", ".join(f"{k}={lbl[k]}" for k in ("model", "query", "pod") if k in lbl)
                     print(
-                        f"\n  >>> webhook received: {alert.get('status', '?').upper()} {lbl.get('alertname')} "
+                        f"\n  >>> webhook {self.path} received: {alert.get('status', '?').upper()} {lbl.get('alertname')} "
                         f"[{lbl.get('severity', '-')}] {who}\n      {alert.get('annotations', {}).get('summary', '')}",
                         flush=True,
                     )
