@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -168,6 +170,7 @@ def test_short_history_means_not_ready_and_no_published_score(history):
 
 
 def test_scores_outlive_a_failing_prometheus_only_for_series_ttl(history, caplog):
+    caplog.set_level(logging.INFO)  # whatever an earlier in-process CLI run set the level to
     clock = Clock(history.end)
     runner = runner_for(history, clock=clock, series_ttl="1m", registry=CollectorRegistry())
     assert runner.run().series_published == 4
