@@ -114,6 +114,8 @@ def _csv(args: argparse.Namespace) -> int:
             ev = bt.evaluate(alerts, windows)
             total.add(ev)
             report["evaluation"] = ev.to_json()
+        if args.plot and len(table.names) > 1:
+            print(f"{rel}: no plot for multivariate files (see the contribution columns of --output)", file=sys.stderr)
         if args.plot and len(table.names) == 1:
             from sidecar.plot import Panel, plot
 

@@ -314,3 +314,44 @@ def test_the_shipped_rule_and_the_backtest_use_the_same_threshold_and_for():
 
     assert float(cfg["warning_score"]) == bt.ALERT_THRESHOLD
     assert parse_duration(cfg["anomalous_for"]) == bt.ALERT_FOR
+
+
+# -- multivariate -------------------------------------------------------------------------
+def correlated(n=1500, seed=0, break_at=1200):
+    rng = np.random.default_rng(seed)
+    cpu = rng.normal(0, 1, n)
+    latency = cpu + rng.normal(0, 0.1, n)
+    queue = rng.normal(5, 1, n)
+    if break_at is not None:
+        latency[break_at : break_at + 10] = -cpu[break_at : break_at + 10]  # each value in range, the pair is not
+    return np.column_stack([cpu, latency, queue])
+
+
+def test_several_value_columns_are_scored_as_one_vector_with_contributions(tmp_path):
+    src = write_csv(tmp_path / "mv.csv", correlated(), columns=("cpu", "latency", "queue"))
+    out = cli("--csv", str(src), "--output", str(tmp_path / "o.csv"), "--history", "500", "--refit-every", "50", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = read_out(tmp_path / "o.csv")
+    assert list(rows[0]) == ["timestamp", "score", "cpu_contribution", "latency_contribution", "queue_contribution"]
+    assert len(rows) == 1500
+    score = np.array([float(r["score"]) if r["score"] else np.nan for r in rows])
+    broken = [i for i in range(1200, 1210) if abs(correlated()[i, 0]) > 0.5]  # a visible break
+    assert np.all(score[broken] > 1)
+    assert np.nanmean(score[600:1200] > 1) < 0.01
+    for i in broken:
+        c = {k: float(rows[i][f"{k}_contribution"]) for k in ("cpu", "latency", "queue")}
+        assert c["queue"] < min(c["cpu"], c["latency"])
+    assert json.loads(out.stdout)["files"][0]["detector"] == "mahalanobis"
+
+
+def test_a_multivariate_train_file_scores_every_test_row(tmp_path):
+    train = write_csv(tmp_path / "train.csv", correlated(n=600, seed=1, break_at=None), columns=("cpu", "latency", "queue"))
+    test = write_csv(tmp_path / "test.csv", correlated(n=300, seed=2, break_at=100), t0=T0 + 600 * STEP, columns=("cpu", "latency", "queue"))
+    out = cli("--csv", str(test), "--train", str(train), "--detector", "pca", "--output", str(tmp_path / "o.csv"), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    score = np.array([float(r["score"]) for r in read_out(tmp_path / "o.csv")])
+    assert score.size == 300 and not np.isnan(score).any()
+    assert np.mean(score[100:110] > 1) >= 0.7 and np.mean(score[:100] > 1) < 0.03
+    bad = write_csv(tmp_path / "other.csv", correlated(n=50), columns=("a", "b", "c"))
+    out = cli("--csv", str(test), "--train", str(bad))
+    assert out.returncode == 2 and "differ" in out.stderr
