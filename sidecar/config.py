@@ -317,6 +317,11 @@ def _detector_and_name_problems(data: Mapping[str, Any]) -> tuple[list[tuple[str
     return problems, names
 
 
+def _source(q: QueryEntry, i: int, key: str) -> str:
+    """Key path of the value a query uses: its own, or the default it inherits."""
+    return f"queries[{i}].{key}" if getattr(q, key) is not None else f"defaults.{key}"
+
+
 def _resolve(raw: RawConfig, detector_names: dict[str, str | None]) -> tuple[tuple[QuerySpec, ...], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     d = raw.defaults
@@ -326,7 +331,9 @@ def _resolve(raw: RawConfig, detector_names: dict[str, str | None]) -> tuple[tup
         interval = q.interval if q.interval is not None else d.interval
         step = q.step if q.step is not None else d.step
         history = q.history if q.history is not None else d.history
-        src = lambda key: f"{at}.{key}" if getattr(q, key) is not None else f"defaults.{key}"  # noqa: E731
+
+        def src(key: str, q: QueryEntry = q, i: int = i) -> str:
+            return _source(q, i, key)
         if interval < 1:
             problems.append((src("interval"), f"must be at least 1s, got {format_duration(interval)}"))
         if step <= 0:

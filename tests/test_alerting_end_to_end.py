@@ -71,7 +71,7 @@ def test_an_injected_anomaly_pages_through_the_shipped_rules_and_routing_and_the
             "sidecar": sidecar.address,
         }
         assert critical["annotations"]["runbook_url"].endswith("/docs/runbooks/ModelMetricAnomalyCritical.md")
-        assert critical["annotations"]["description"].startswith(f"Query inflight_requests scores ")
+        assert critical["annotations"]["description"].startswith("Query inflight_requests scores ")
         assert f"for model {model} in pod {NAMESPACE}/fraud-0 (detector robust_zscore, sidecar {sidecar.address})" in critical["annotations"]["description"]
         assert got[("/ticket", "ModelMetricAnomalous", "churn-0")]["labels"]["severity"] == "warning"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from servers import Prometheus, require_binary
+from servers import Prometheus
 from sidecar import backtest as bt
 from sidecar.config import parse_config
 from sidecar.prometheus import PrometheusClient
@@ -230,7 +230,7 @@ def test_plot_draws_a_png(tmp_path):
 
 
 def test_openmetrics_output_backfills_into_prometheus(tmp_path):
-    src = write_csv(tmp_path / "svc" / "latency.csv", noisy(n=400, spike_at=350), t0=T0)
+    write_csv(tmp_path / "svc" / "latency.csv", noisy(n=400, spike_at=350), t0=T0)
     om = tmp_path / "scores.om"
     out = cli("--csv", str(tmp_path / "svc"), "--openmetrics", str(om), "--history", "200", "--label", "backtest=yes")
     assert out.returncode == 0, out.stderr

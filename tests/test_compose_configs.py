@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import re
 import sys
-import time
 
 import pytest
 import requests

@@ -15,7 +15,6 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 
 from deploy_assets import ALERTMANAGER_CONFIG, DEPLOY, PROMETHEUS_CONFIG, load_yaml
 from servers import REPO

@@ -61,10 +61,10 @@ class Stack:
 
     def stop(self) -> None:
         """SIGTERM every child by pid (newest first), then wait; SIGKILL what does not stop."""
-        for name, proc in reversed(self.procs):
+        for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
-        for name, proc in self.procs:
+        for _, proc in self.procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

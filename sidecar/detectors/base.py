@@ -133,7 +133,30 @@ def quiet_nan_warnings() -> Iterator[None]:
         yield
 
 
-class Detector:
+class Params:
+    """scikit-learn's parameter habits: keyword-only ``__init__`` arguments are the parameters."""
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY]
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {name: sig.parameters[name].default for name in cls.param_names()}
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def __repr__(self) -> str:
+        defaults = self.param_defaults()
+        changed = {k: v for k, v in self.get_params().items() if defaults.get(k) is not v and defaults.get(k) != v}
+        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Detector(Params):
     """Base class: stores parameters, checks batches, applies readiness and the score semantics.
 
     Subclasses define a keyword-only ``__init__`` that only stores its parameters, declare
@@ -160,26 +183,7 @@ class Detector:
 
     min_history: int
 
-    # -- parameters (scikit-learn habits) ---------------------------------------------
-    @classmethod
-    def param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY]
-
-    @classmethod
-    def param_defaults(cls) -> dict[str, Any]:
-        sig = inspect.signature(cls.__init__)
-        return {name: sig.parameters[name].default for name in cls.param_names()}
-
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.param_names()}
-
-    def __repr__(self) -> str:
-        defaults = self.param_defaults()
-        changed = {k: v for k, v in self.get_params().items() if defaults.get(k) is not v and defaults.get(k) != v}
-        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
-        return f"{type(self).__name__}({args})"
-
+    # -- parameters -------------------------------------------------------------------
     def check_params(self) -> "Detector":
         """Raise :class:`ParamError` naming the first bad parameter; used by config validation."""
         require_int(self, "min_history", minimum=1)

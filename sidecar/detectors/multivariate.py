@@ -34,7 +34,6 @@ Shared data handling:
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, TypeVar
@@ -42,9 +41,9 @@ from typing import Any, ClassVar, Mapping, TypeVar
 import numpy as np
 from scipy.special import gammainc, gammaincinv
 
-from sidecar.detectors.base import NotFittedError, ParamError, quiet_nan_warnings, require_int, require_number
+from sidecar.detectors.base import NotFittedError, Params, quiet_nan_warnings, require_int, require_number
 from sidecar.detectors.ml import require_seed, single_threaded
-from sidecar.detectors.registry import DetectorSpecError
+from sidecar.detectors.registry import build_from
 
 #: The multivariate detector used when a backtest names none.
 DEFAULT_MULTIVARIATE = "mahalanobis"
@@ -93,7 +92,7 @@ def check_matrix(X: Any) -> np.ndarray:
     return X
 
 
-class MultivariateDetector:
+class MultivariateDetector(Params):
     """Base class: parameters, checks, fit/score plumbing; subclasses implement ``_fit``/``_score``."""
 
     name: ClassVar[str] = ""
@@ -102,25 +101,6 @@ class MultivariateDetector:
     param_docs: ClassVar[dict[str, str]] = {}
 
     min_samples: int
-
-    # -- parameters ----------------------------------------------------------------------
-    @classmethod
-    def param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind == p.KEYWORD_ONLY]
-
-    @classmethod
-    def param_defaults(cls) -> dict[str, Any]:
-        sig = inspect.signature(cls.__init__)
-        return {name: sig.parameters[name].default for name in cls.param_names()}
-
-    def get_params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.param_names()}
-
-    def __repr__(self) -> str:
-        defaults = self.param_defaults()
-        changed = {k: v for k, v in self.get_params().items() if defaults.get(k) != v}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def check_params(self) -> "MultivariateDetector":
         """Raise :class:`ParamError` naming the first bad parameter."""
@@ -341,34 +321,7 @@ def build_multivariate(spec: str | Mapping[str, Any] | None) -> MultivariateDete
 
     Errors are :class:`DetectorSpecError` with the path of the bad key, as for univariate specs.
     """
-    if spec is None:
-        spec = DEFAULT_MULTIVARIATE
-    if isinstance(spec, str):
-        name, params = spec, {}
-    elif isinstance(spec, Mapping):
-        params = dict(spec)
-        name = params.pop("type", None)
-        if name is None:
-            raise DetectorSpecError(("type",), "missing: a detector mapping needs 'type: NAME'")
-        if not isinstance(name, str):
-            raise DetectorSpecError(("type",), f"must be a detector name, got {name!r}")
-    else:
-        raise DetectorSpecError((), f"must be a detector name or a mapping with 'type', got {spec!r}")
-    detectors = available_multivariate()
-    cls = detectors.get(name)
-    if cls is None:
-        where = ("type",) if isinstance(spec, Mapping) else ()
-        raise DetectorSpecError(where, f"unknown multivariate detector {name!r}; available: {', '.join(detectors)}")
-    known = cls.param_names()
-    for key in params:
-        if key not in known:
-            raise DetectorSpecError((str(key),), f"unknown parameter of detector {name!r}; known: {', '.join(known)}")
-    detector = cls(**params)
-    try:
-        detector.check_params()
-    except ParamError as exc:
-        raise DetectorSpecError((exc.param,), exc.message) from None
-    return detector
+    return build_from(spec, available_multivariate(), DEFAULT_MULTIVARIATE, "multivariate detector")  # type: ignore[return-value]
 
 
 # -- detectors ----------------------------------------------------------------------------------

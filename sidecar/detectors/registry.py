@@ -67,10 +67,13 @@ class DetectorSpecError(ValueError):
         self.path = path
 
 
-def build(spec: str | Mapping[str, Any] | None) -> Detector:
-    """Build and check a detector from a name or ``{type: NAME, **params}``; None means the default."""
+def build_from(spec: str | Mapping[str, Any] | None, detectors: Mapping[str, type], default: str, kind: str = "detector") -> Any:
+    """Build and check one of ``detectors`` from a name or ``{type: NAME, **params}``; None is ``default``.
+
+    Errors are :class:`DetectorSpecError` carrying the path of the bad key below the spec.
+    """
     if spec is None:
-        spec = DEFAULT_DETECTOR
+        spec = default
     if isinstance(spec, str):
         name, params = spec, {}
     elif isinstance(spec, Mapping):
@@ -82,10 +85,10 @@ def build(spec: str | Mapping[str, Any] | None) -> Detector:
             raise DetectorSpecError(("type",), f"must be a detector name, got {name!r}")
     else:
         raise DetectorSpecError((), f"must be a detector name or a mapping with 'type', got {spec!r}")
-    detectors = available()
     cls = detectors.get(name)
     if cls is None:
-        raise DetectorSpecError(("type",) if isinstance(spec, Mapping) else (), f"unknown detector {name!r}; available: {', '.join(detectors)}")
+        where = ("type",) if isinstance(spec, Mapping) else ()
+        raise DetectorSpecError(where, f"unknown {kind} {name!r}; available: {', '.join(detectors)}")
     known = cls.param_names()
     for key in params:
         if key not in known:
@@ -98,6 +101,6 @@ def build(spec: str | Mapping[str, Any] | None) -> Detector:
     return detector
 
 
-def describe(spec: Detector) -> str:
-    """The value of the ``detector`` label: the registry name."""
-    return spec.name
+def build(spec: str | Mapping[str, Any] | None) -> Detector:
+    """A checked univariate detector from its spec; None means the default."""
+    return build_from(spec, available(), DEFAULT_DETECTOR)
