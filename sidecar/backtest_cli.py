@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +16,14 @@ import numpy as np
 import yaml
 
 from sidecar import backtest as bt
-from sidecar.detectors import DetectorSpecError, build
+from sidecar.detectors import DetectorSpecError, available, build
 from sidecar.durations import format_duration, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-#: CSV replays: points each fit sees (a week of 5-minute data) and points scored per fit.
-CSV_HISTORY = 2016
-CSV_REFIT_EVERY = 1
+#: CSV replays: history each fit sees and how often it is refitted (the default detector's
+#: recommended settings; each file's own median step turns them into points).
+CSV_HISTORY = "7d"
+CSV_REFIT_EVERY = "3h"
 
 
 def _usage(msg: str) -> int:
@@ -61,6 +65,38 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 
 
 # -- CSV --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _CsvJob:
+    """Everything one file's backtest needs; picklable, so that files can go to worker processes."""
+
+    spec: Any
+    history: str
+    refit_every: str
+    threshold: float
+    for_: float
+    file_order: bool
+    folder: bool
+    output: str | None
+    plot: str | None
+    openmetrics: bool
+    extra: dict[str, str]
+    train: bt.Table | None
+
+
+def _points(text: str, step: float, flag: str) -> int:
+    """``--history`` / ``--refit-every``: a number of points, or a duration turned into points of this file."""
+    if text.isdigit():
+        n = int(text)
+    else:
+        try:
+            n = int(round(parse_duration(text) / step))
+        except ValueError as exc:
+            raise bt.BadInput(f"{flag}: {exc} (or a number of points)") from None
+    if n < 1:
+        raise bt.BadInput(f"{flag} must be at least 1 point, got {text!r}")
+    return n
+
+
 def _csv(args: argparse.Namespace) -> int:
     src = Path(args.csv)
     if not src.exists():
@@ -71,63 +107,45 @@ def _csv(args: argparse.Namespace) -> int:
         raise bt.BadInput(f"--csv {src}: no .csv files in this folder")
     labels = bt.read_labels(args.labels) if args.labels else None
     threshold, for_ = _alerting(args)
-    history = CSV_HISTORY if args.history is None else args.history
-    refit = CSV_REFIT_EVERY if args.refit_every is None else args.refit_every
-    if history < 1 or refit < 1:
-        raise bt.BadInput("--history and --refit-every must be at least 1")
-    train = bt.read_csv(args.train, file_order=args.file_order) if args.train else None
+    for flag, text in (("--history", args.history), ("--refit-every", args.refit_every)):
+        if text is not None:
+            _points(text, 1.0, flag)  # fail before reading any file
     spec = _spec(args.detector)
-    extra = _extra_labels(args.label)
+    _check_spec(spec)
+    job = _CsvJob(
+        spec=spec,
+        history=args.history or CSV_HISTORY,
+        refit_every=args.refit_every or CSV_REFIT_EVERY,
+        threshold=threshold,
+        for_=for_,
+        file_order=args.file_order,
+        folder=folder,
+        output=args.output,
+        plot=args.plot,
+        openmetrics=bool(args.openmetrics),
+        extra=_extra_labels(args.label),
+        train=bt.read_csv(args.train, file_order=args.file_order) if args.train else None,
+    )
     started = time.perf_counter()
-    reports: list[dict[str, Any]] = []
+    tasks = [(path.relative_to(src).as_posix() if folder else path.name, path) for path in files]
+    tasks = [(rel, path, _windows_for(labels, rel) if labels is not None else None) for rel, path in tasks]
+    jobs = min(args.jobs or os.cpu_count() or 1, len(tasks))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_score_file, [job] * len(tasks), *zip(*tasks)))
+    else:
+        results = [_score_file(job, *task) for task in tasks]
+    reports = [r for r, _, _ in results]
     total = bt.Evaluation()
-    om: dict[str, list[str]] = {}
-    for path in files:
-        rel = path.relative_to(src).as_posix() if folder else path.name
-        table = bt.read_csv(path, file_order=args.file_order)
-        report: dict[str, Any] = {"file": rel, "rows": len(table.raw_timestamps)}
-        if len(table.names) == 1:
-            detector = build(spec)
-            scores = bt.score_table(table, detector, history=history, refit_every=refit, train=train)
-            score = scores.score[0]
-            report["detector"] = detector.name
-            if args.output:
-                bt.write_scores_csv(_out_path(args.output, folder, rel, ".csv"), table, scores)
-            if args.openmetrics:
-                result = bt.SeriesResult({"file": rel}, table.timestamps, table.values[:, 0], scores, [])
-                for name, lines in bt.openmetrics_lines([result], "backtest", detector.name, extra).items():
-                    om.setdefault(name, []).extend(lines)
-        else:
-            score, contributions, name = _multivariate(table, spec, history, refit, train)
-            report["detector"] = name
-            report["columns"] = table.names
-            if args.output:
-                bt.write_multivariate_csv(_out_path(args.output, folder, rel, ".csv"), table, score, contributions)
-        alerts = bt.alerts_from_scores(table.timestamps, score, threshold, for_)
-        report.update(
-            scored=int(np.sum(~np.isnan(score))),
-            anomalous=int(np.sum(np.nan_to_num(score, nan=0) > threshold)),
-            alerts=[a.to_json() for a in alerts],
-        )
-        windows = _windows_for(labels, rel) if labels is not None else None
-        if windows is not None:
-            ev = bt.evaluate(alerts, windows)
+    for _, _, ev in results:
+        if ev is not None:
             total.add(ev)
-            report["evaluation"] = ev.to_json()
-        if args.plot and len(table.names) > 1:
-            print(f"{rel}: no plot for multivariate files (see the contribution columns of --output)", file=sys.stderr)
-        if args.plot and len(table.names) == 1:
-            from sidecar.plot import Panel, plot
-
-            s = scores
-            plot(
-                [Panel(f"{rel} ({report['detector']})", table.timestamps, table.values[:, 0], s.score[0], s.expected[0], s.lower[0], s.upper[0], alerts, windows or ())],
-                _out_path(args.plot, folder, rel, ".png"),
-                threshold,
-            )
-        reports.append(report)
     elapsed = time.perf_counter() - started
     if args.openmetrics:
+        om: dict[str, list[str]] = {}
+        for _, lines, _ in results:
+            for name, part in lines.items():
+                om.setdefault(name, []).extend(part)
         n = bt.write_openmetrics(Path(args.openmetrics), om)
         print(f"wrote {n} samples to {args.openmetrics}", file=sys.stderr)
     summary = {"files": len(reports), "seconds": round(elapsed, 3), "alert_threshold": threshold, "alert_for_seconds": for_}
@@ -138,6 +156,68 @@ def _csv(args: argparse.Namespace) -> int:
     else:
         _print_csv_reports(reports, summary, labels is not None)
     return EXIT_OK
+
+
+def _score_file(
+    job: _CsvJob, rel: str, path: Path, windows: list[tuple[float, float]] | None
+) -> tuple[dict[str, Any], dict[str, list[str]], bt.Evaluation | None]:
+    """Backtest one file: read, score causally, replay alerts, write outputs; runs in a worker."""
+    table = bt.read_csv(path, file_order=job.file_order)
+    step = float(np.median(np.diff(table.timestamps))) if table.timestamps.size > 1 else 1.0
+    history, refit = _points(job.history, step, "--history"), _points(job.refit_every, step, "--refit-every")
+    report: dict[str, Any] = {"file": rel, "rows": len(table.raw_timestamps), "history_points": history, "refit_every_points": refit}
+    om: dict[str, list[str]] = {}
+    if len(table.names) == 1:
+        detector = build(job.spec)
+        scores = bt.score_table(table, detector, history=history, refit_every=refit, train=job.train)
+        score = scores.score[0]
+        report["detector"] = detector.name
+        if job.output:
+            bt.write_scores_csv(_out_path(job.output, job.folder, rel, ".csv"), table, scores)
+        if job.openmetrics:
+            result = bt.SeriesResult({"file": rel}, table.timestamps, table.values[:, 0], scores, [])
+            om = bt.openmetrics_lines([result], "backtest", detector.name, job.extra)
+    else:
+        score, contributions, name = _multivariate(table, job.spec, history, refit, job.train)
+        report["detector"] = name
+        report["columns"] = table.names
+        if job.output:
+            bt.write_multivariate_csv(_out_path(job.output, job.folder, rel, ".csv"), table, score, contributions)
+    alerts = bt.alerts_from_scores(table.timestamps, score, job.threshold, job.for_)
+    report.update(
+        scored=int(np.sum(~np.isnan(score))),
+        anomalous=int(np.sum(np.nan_to_num(score, nan=0) > job.threshold)),
+        alerts=[a.to_json() for a in alerts],
+    )
+    ev = None
+    if windows is not None:
+        ev = bt.evaluate(alerts, windows)
+        report["evaluation"] = ev.to_json()
+    if job.plot and len(table.names) > 1:
+        print(f"{rel}: no plot for multivariate files (see the contribution columns of --output)", file=sys.stderr)
+    elif job.plot:
+        from sidecar.plot import Panel, plot
+
+        panel = Panel(f"{rel} ({report['detector']})", table.timestamps, table.values[:, 0], scores.score[0],
+                      scores.expected[0], scores.lower[0], scores.upper[0], alerts, windows or ())
+        plot([panel], _out_path(job.plot, job.folder, rel, ".png"), job.threshold)
+    return report, om, ev
+
+
+def _check_spec(spec: Any) -> None:
+    """Fail on a bad --detector before any file is read: it must build as a univariate or a multivariate detector."""
+    from sidecar.detectors.multivariate import build_multivariate
+
+    try:
+        build(spec)
+    except DetectorSpecError as exc:
+        name = spec.get("type") if isinstance(spec, dict) else spec
+        if not isinstance(name, str) or name in available():
+            raise
+        try:
+            build_multivariate(spec)
+        except DetectorSpecError:
+            raise exc from None
 
 
 def _multivariate(table: bt.Table, spec: Any, history: int, refit: int, train: bt.Table | None) -> tuple[np.ndarray, np.ndarray, str]:

@@ -15,6 +15,7 @@ import yaml
 from servers import Prometheus
 from sidecar import backtest as bt
 from sidecar.config import parse_config
+from sidecar.detectors import DEFAULT_DETECTOR
 from sidecar.prometheus import PrometheusClient
 from sidecar.scoring import QueryRunner
 
@@ -242,7 +243,7 @@ def test_openmetrics_output_backfills_into_prometheus(tmp_path):
         at = T0 + 351 * STEP
         res = prom.query('anomaly_score{query="backtest",file="latency.csv",backtest="yes"}', at=at)
         assert len(res) == 1 and float(res[0]["value"][1]) > 1
-        assert res[0]["metric"]["detector"] == "robust_zscore"
+        assert res[0]["metric"]["detector"] == DEFAULT_DETECTOR
         assert float(prom.query("anomaly_score", at=T0 + 300 * STEP)[0]["value"][1]) < 1
         assert float(prom.query("anomaly_upper - anomaly_lower", at=at)[0]["value"][1]) > 0
     finally:
@@ -355,3 +356,34 @@ def test_a_multivariate_train_file_scores_every_test_row(tmp_path):
     bad = write_csv(tmp_path / "other.csv", correlated(n=50), columns=("a", "b", "c"))
     out = cli("--csv", str(test), "--train", str(bad))
     assert out.returncode == 2 and "differ" in out.stderr
+
+
+def test_history_and_refit_take_durations_or_points(tmp_path):
+    src = write_csv(tmp_path / "in.csv", noisy())
+    runs = {}
+    for name, args in {"dur": ["--history", "2d", "--refit-every", "1h"], "pts": ["--history", "576", "--refit-every", "12"]}.items():
+        out = cli("--csv", str(src), "--output", str(tmp_path / f"{name}.csv"), "--format", "json", *args)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)["files"][0]
+        assert (report["history_points"], report["refit_every_points"]) == (576, 12)
+        runs[name] = (tmp_path / f"{name}.csv").read_text()
+    assert runs["dur"] == runs["pts"]
+    bad = cli("--csv", str(src), "--history", "a week")
+    assert bad.returncode == 2 and "--history: invalid duration 'a week'" in bad.stderr
+
+
+def test_files_scored_in_parallel_give_the_same_results(tmp_path):
+    src = tmp_path / "data"
+    for k in range(3):
+        write_csv(src / f"f{k}.csv", noisy(seed=k, spike_at=900 + 50 * k))
+    outs = []
+    for jobs in ("1", "2"):
+        out = cli("--csv", str(src), "--jobs", jobs, "--output", str(tmp_path / f"out{jobs}"), "--format", "json")
+        assert out.returncode == 0, out.stderr
+        files = json.loads(out.stdout)["files"]
+        outs.append(([f["alerts"] for f in files], [(tmp_path / f"out{jobs}" / f"f{k}.csv").read_text() for k in range(3)]))
+    assert outs[0] == outs[1] and all(outs[0][0])
+    # A bad file found by a worker is still a clean error.
+    (src / "f1.csv").write_text("timestamp,value\nnot-a-time,1\n")
+    out = cli("--csv", str(src), "--jobs", "2")
+    assert out.returncode == 2 and "f1.csv:2: unparsable timestamp" in out.stderr

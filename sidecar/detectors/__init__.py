@@ -1,6 +1,7 @@
 """Detectors score batches of series; importing this package registers the built-ins."""
 
 from sidecar.detectors import statistical  # noqa: F401  (registers the built-in detectors)
+from sidecar.detectors import adaptive  # noqa: F401  (registers the recommended default detector)
 from sidecar.detectors import deep, ml  # noqa: F401  (registers the machine- and deep-learning detectors)
 from sidecar.detectors.base import Detector, NotFittedError, ParamError, Scores, band_score
 from sidecar.detectors.multivariate import (

@@ -1,73 +1,120 @@
-"""Prototype: adaptive default detector (work in progress)."""
+"""The recommended default detector: a robust, tail-calibrated band that tightens on sustained change.
+
+Every point is checked against statistics of the trailing history, in three ways:
+
+1. **Level**: how far is the value from what is expected now? The expectation is the history
+   median or, for series whose history a daily profile explains much better (and covers at
+   least ``min_periods`` days, so weekends are in it), the median of the same time of day over
+   the past days. The band half-width is ``sensitivity`` Gaussian-equivalent standard deviations
+   of the history's residuals: the larger of the MAD estimate (mean absolute deviation where the
+   MAD is 0) and the one implied by the extremes seen, an extreme of n Gaussian draws being
+   about Φ⁻¹(1 - 1/n) sigmas. Heavy tails, spiky and step-like series so widen the band instead
+   of collapsing it; constant series keep a tiny relative band (``min_rel_band``).
+2. **Sustained shift** (short window vs long history): is the mean residual of the last
+   ``window`` outside the usual range of such means? Catches level shifts and denser bursts
+   too small to leave the level band point by point.
+3. **Jump**: is the value far from the mean of the ``window`` before it, compared with the jumps
+   seen in the history? Catches sudden moves of autocorrelated series whose level band is wide.
+
+(2) and (3) only narrow the level band, never below ``tighten`` of it, so a paging value is always
+clearly off the expectation. The band stays [lower, upper] around the expectation and the score
+is the shared band score (1 at the edge).
+
+Extremes are learned per block of two windows: an extreme counts once it was reached in two
+separate blocks (one past incident does not blind the detector to the next one) and the newest
+block is not learned yet (an ongoing incident does not widen its own band, whatever the refit
+cadence: a lasting change pages for at least two windows, then the band adapts).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtri
 
-from sidecar.detectors.base import Detector, quiet_nan_warnings, require_duration, require_int, require_number
+from sidecar.detectors.base import (
+    Detector,
+    nanmedian_rows,
+    quiet_nan_warnings,
+    require_duration,
+    require_int,
+    require_number,
+)
 from sidecar.detectors.registry import register
 
-_Z99 = 2.5758293035489004  # two-sided 1 % point of the normal
+#: A daily profile is used only when its residuals are this much smaller than the level model's.
+_SEASONAL_GAIN = 0.6
+#: Extremes are taken per block of this many windows; the newest block is not learned yet.
+_UNLEARNED_WINDOWS = 2
+#: An extreme counts as normal once this many separate blocks of the history reached it.
+_EPISODES = 2
+#: Share of a window that must be present (not NaN) for its mean to count.
+_WINDOW_COVERAGE = 0.75
 
 
-def row_quantiles(X: np.ndarray, qs: list[float]) -> np.ndarray:
-    """Quantiles of every row ignoring NaN (linear interpolation); shape (len(qs), n_rows)."""
-    s = np.sort(X, axis=1)  # NaN sort last
-    n = np.sum(~np.isnan(X), axis=1)
-    rows = np.arange(X.shape[0])
-    out = np.full((len(qs), X.shape[0]), np.nan)
-    ok = n > 0
-    if X.shape[1] == 0:
-        return out
-    for i, q in enumerate(qs):
-        pos = q * np.maximum(n - 1, 0)
-        lo = np.floor(pos).astype(np.intp)
-        hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
-        frac = pos - lo
-        v = s[rows, lo] + frac * (s[rows, hi] - s[rows, lo])
-        out[i] = np.where(ok, v, np.nan)
-    return out
-
-
-def rolling_mean(X: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Trailing mean of the last ``w`` non-NaN-aware points (incl. current) and its count."""
+def trailing_sum(X: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and count of the non-NaN values among the last ``w`` points of every position (inclusive)."""
     ok = ~np.isnan(X)
-    c = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(np.where(ok, X, 0.0), axis=1)], axis=1)
-    k = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(ok, axis=1)], axis=1)
-    n = X.shape[1]
-    idx = np.arange(1, n + 1)
-    lo = np.maximum(idx - w, 0)
-    s = c[:, idx] - c[:, lo]
-    cnt = k[:, idx] - k[:, lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return s / cnt, cnt
+    c = np.cumsum(np.where(ok, X, 0.0), axis=1)
+    k = np.cumsum(ok, axis=1, dtype=np.float64)
+    s, n = c.copy(), k.copy()
+    if w < X.shape[1]:
+        s[:, w:] -= c[:, :-w]
+        n[:, w:] -= k[:, :-w]
+    return s, n
+
+
+def season_medians(Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per (series, phase) median over the seasons (axis 1), and each value's leave-one-out median.
+
+    ``Xs`` is (series, seasons, phase); NaN is ignored. In-sample residuals against a median of a
+    few seasons are too small (with 3 seasons a third are exactly 0); leaving the point out gives
+    the error a new season will see. One sort serves both.
+    """
+    S = np.sort(Xs, axis=1)  # NaN last
+    top = Xs.shape[1] - 1
+    count = np.sum(~np.isnan(Xs), axis=1, keepdims=True)
+
+    def at(p: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(S, np.clip(p, 0, top), axis=1)
+
+    median = 0.5 * (at((count - 1) // 2) + at(count // 2))[:, 0, :]
+    median[count[:, 0, :] == 0] = np.nan
+    m = count - 1  # the others
+    loo = np.zeros(Xs.shape)
+    for p in ((m - 1) // 2, m // 2):
+        # Removing a value <= the p-th order statistic shifts the p-th of the rest up by one.
+        loo += 0.5 * np.where(Xs <= at(p), at(p + 1), at(p))
+    return median, np.where(m >= 1, loo, np.nan)
 
 
 @register
 class Adaptive(Detector):
+    """Level or daily-seasonal expectation; band from robust and extreme residuals; tightens on shifts and jumps."""
+
     time_invariant = True
+
     name = "adaptive"
-    family = "statistical"
-    summary = "level or daily-seasonal expectation, tail-calibrated band that tightens on sustained shifts"
-    param_docs = {}
+    summary = "median or daily profile ± tail-calibrated band that tightens on sustained shifts and jumps"
+    param_docs = {
+        "sensitivity": "band half-width in Gaussian-equivalent standard deviations of the history's residuals",
+        "season": "season length tried as expectation (duration, e.g. '1d'); none: level only",
+        "min_periods": "seasons of history (at least 90 % of their points) needed before the seasonal expectation is tried",
+        "window": "short window of the shift and jump checks (duration, e.g. '1h')",
+        "tighten": "narrowest band the shift and jump checks may leave, as a fraction of the level band (0-1)",
+        "min_rel_band": "smallest band half-width relative to |expected| (keeps constant series finite)",
+        "min_history": "points of history a series needs before it is scored",
+        "min_band": "smallest band half-width, in the metric's unit (keeps near-constant series quiet)",
+    }
 
     def __init__(
         self,
         *,
-        sensitivity: float = 5.0,
+        sensitivity: float = 5.5,
         season: str | float | None = "1d",
-        min_periods: int = 3,
+        min_periods: int = 7,
         window: str | float = "1h",
-        window_sensitivity: float | None = None,
         tighten: float = 0.25,
-        innovation: bool = True,
-        innovation_sensitivity: float | None = None,
-        tail: float = 0.01,
-        tail_points: int = 1,
-        tail_mode: str = "order",
-        tail_prob: float = 1e-4,
-        seasonal_gain: float = 0.6,
-        rel_floor: float = 1e-3,
+        min_rel_band: float = 1e-3,
         min_history: int = 100,
         min_band: float = 0.0,
     ) -> None:
@@ -75,188 +122,141 @@ class Adaptive(Detector):
         self.season = season
         self.min_periods = min_periods
         self.window = window
-        self.window_sensitivity = window_sensitivity
         self.tighten = tighten
-        self.innovation = innovation
-        self.innovation_sensitivity = innovation_sensitivity
-        self.tail = tail
-        self.tail_points = tail_points
-        self.tail_mode = tail_mode
-        self.tail_prob = tail_prob
-        self.seasonal_gain = seasonal_gain
-        self.rel_floor = rel_floor
+        self.min_rel_band = min_rel_band
         self.min_history = min_history
         self.min_band = min_band
 
     def _check_params(self) -> None:
         require_number(self, "sensitivity", minimum=0, exclusive_minimum=True)
         require_duration(self, "season", optional=True)
-        require_duration(self, "window")
         require_int(self, "min_periods", minimum=2)
+        require_duration(self, "window")
         require_number(self, "tighten", minimum=0, maximum=1)
+        require_number(self, "min_rel_band", minimum=0)
         require_number(self, "min_band", minimum=0)
 
-    # -- helpers ----------------------------------------------------------------------
-    def _scales(self, r: np.ndarray, floor: np.ndarray, dof: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Center and upper/lower band half-widths of residual rows (sensitivity already applied)."""
-        if self.tail_mode == "evt":
-            return self._evt(r, floor)
-        from scipy.special import ndtri
+    # -- fit -----------------------------------------------------------------------------
+    def _spread(self, r: np.ndarray, floor: np.ndarray, dof: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Center and upper/lower band half-widths (``sensitivity`` sigmas, at least ``floor``) of rows ``r``.
 
-        srt = np.sort(r, axis=1)
-        n = np.sum(~np.isnan(r), axis=1)
-        rows = np.arange(r.shape[0])
-        nn = np.maximum(n, 1)
-        med = 0.5 * (srt[rows, (nn - 1) // 2] + srt[rows, nn // 2])
-        ad = np.sort(np.abs(r - med[:, None]), axis=1)
-        mad = 1.4826 * 0.5 * (ad[rows, (nn - 1) // 2] + ad[rows, nn // 2])
-        with quiet_nan_warnings():
-            mean_ad = 1.2533 * np.nanmean(np.abs(r - med[:, None]), axis=1)
-        base = np.where(mad > 0, mad, mean_ad)
-        k = np.minimum(self.tail_points, nn)
-        z = ndtri(1 - k / (np.maximum(nn / dof, 2 * k) + 1.0))
-        hi = srt[rows, nn - k]
-        lo = srt[rows, k - 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            up = np.fmax(base, (hi - med) / z)
-            lo = np.fmax(base, (med - lo) / z)
-        up = np.nan_to_num(np.fmax(up, floor))
-        lo = np.nan_to_num(np.fmax(lo, floor))
-        med = np.where(n > 0, med, np.nan)
-        return med, self.sensitivity * up, self.sensitivity * lo
-
-    def _evt(self, r: np.ndarray, floor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Exponential-tail extrapolation: the value exceeded with probability p per point.
-
-        Above the (1 - a) quantile u the tail is modelled as exponential with the mean excess
-        beta; the edge is u + beta * ln(a / p), for each side separately.
+        sigma per side = max(MAD sigma, k-th block extreme / Φ⁻¹(1 - k/n_eff)), k = _EPISODES and
+        n_eff = n / dof (``dof`` > 1 for overlapping window means, whose extremes come from fewer
+        independent draws). A MAD of 0 (mostly-constant series) falls back to the mean absolute deviation.
         """
-        a, p = self.tail, self.tail_prob
-        srt = np.sort(r, axis=1)
-        n = np.sum(~np.isnan(r), axis=1)
-        rows = np.arange(r.shape[0])
-        nn = np.maximum(n, 1)
-        med = 0.5 * (srt[rows, (nn - 1) // 2] + srt[rows, nn // 2])
-        m = np.maximum(np.ceil(a * nn).astype(np.intp), 1)  # points in each tail
-        cols = np.arange(r.shape[1])[None, :]
-        # upper tail: the m largest; u = the (m+1)-th largest
-        u_hi = srt[rows, np.maximum(nn - m - 1, 0)]
-        top = (cols >= (nn - m)[:, None]) & (cols < nn[:, None])
-        ex_hi = np.where(top, srt - u_hi[:, None], 0.0).sum(axis=1) / m
-        u_lo = srt[rows, np.minimum(m, nn - 1)]
-        bot = cols < m[:, None]
-        ex_lo = np.where(bot, u_lo[:, None] - srt, 0.0).sum(axis=1) / m
-        f = np.log(a / p)
-        with np.errstate(invalid="ignore"):
-            up = u_hi + ex_hi * f - med
-            lo = med - (u_lo - ex_lo * f)
-        up = np.nan_to_num(np.fmax(up, floor))
-        lo = np.nan_to_num(np.fmax(lo, floor))
-        med = np.where(n > 0, med, np.nan)
-        return med, up, lo
+        center = nanmedian_rows(r)
+        dev = r - center[:, None]
+        with quiet_nan_warnings():
+            mad = 1.4826 * nanmedian_rows(np.abs(dev))
+            mean_ad = 1.2533 * np.nanmean(np.abs(dev), axis=1)
+        base = np.where(mad > 0, mad, mean_ad)
+        # Block extremes, leaving out the newest block (an ongoing incident must not widen its
+        # own band); the _EPISODES-th largest is the extreme that recurred.
+        b = _UNLEARNED_WINDOWS * self.w_
+        n_blocks = -(-r.shape[1] // b) - 1  # blocks aligned to the end; the oldest may be partial
+        if n_blocks >= 1:
+            older = dev[:, : r.shape[1] - b]
+            pad = np.full((r.shape[0], n_blocks * b - older.shape[1]), np.nan)
+            blocks = np.concatenate([pad, older], axis=1).reshape(r.shape[0], n_blocks, b)
+            with quiet_nan_warnings():
+                top = np.sort(np.fmax.reduce(blocks, axis=2), axis=1)  # NaN sorts last
+                bottom = np.sort(np.fmin.reduce(blocks, axis=2), axis=1)
+            known = np.sum(~np.isnan(top), axis=1)
+            k = np.clip(known, 1, _EPISODES)
+            rows = np.arange(r.shape[0])
+            n_old = np.sum(~np.isnan(blocks), axis=(1, 2))
+            z = ndtri(1.0 - k / (np.maximum(n_old / dof, 2.0 * k) + 1.0))
+            up = np.fmax(base, top[rows, np.maximum(known - k, 0)] / z)
+            lo = np.fmax(base, -bottom[rows, k - 1] / z)
+        else:
+            up = lo = base
+        half_up = self.sensitivity * np.nan_to_num(np.fmax(up, 0.0))
+        half_lo = self.sensitivity * np.nan_to_num(np.fmax(lo, 0.0))
+        return center, np.maximum(half_up, floor), np.maximum(half_lo, floor)
 
     def _fit(self, X: np.ndarray, t: np.ndarray) -> None:
         n_series, n_time = X.shape
-        step = float(np.median(np.diff(t))) if t.size > 1 else 1.0
-        self.step_ = step
-        w = max(1, int(round(require_duration(self, "window") / step)))
-        self.w_ = w
-        with quiet_nan_warnings():
-            level = row_quantiles(X, [0.5])[0]
-        floor = np.maximum(self.rel_floor * np.abs(np.nan_to_num(level)), self.min_band)
-        self.floor_ = floor
-        # Seasonal profile aligned to the end of the history.
-        P = 0
-        season = require_duration(self, "season", optional=True)
-        if season is not None:
-            P = int(round(season / step))
-        K = n_time // P if P >= 2 else 0
-        seasonal = np.zeros(n_series, dtype=bool)
-        expected_hist = np.broadcast_to(level[:, None], X.shape)
-        if K >= self.min_periods:
-            Xs = X[:, n_time - K * P :].reshape(n_series, K, P)
-            with quiet_nan_warnings():
-                profile = np.nanmedian(Xs, axis=1)
-            rs = (Xs - profile[:, None, :]).reshape(n_series, K * P)
-            rl = X[:, n_time - K * P :] - level[:, None]
-            with quiet_nan_warnings():
-                sc_s = np.nanmean(np.abs(rs - np.nanmedian(rs, axis=1)[:, None]), axis=1)
-                sc_l = np.nanmean(np.abs(rl - np.nanmedian(rl, axis=1)[:, None]), axis=1)
-            seasonal = (sc_s < self.seasonal_gain * sc_l) & np.all(~np.isnan(profile), axis=1)
-            self.profile_ = profile
-            self.phase0_ = (n_time - K * P) % P  # phase of the first scored point = n_time % P relative
-            seas_hist = np.concatenate([np.full((n_series, n_time - K * P), np.nan), np.tile(profile, (1, K))], axis=1)
-            expected_hist = np.where(seasonal[:, None], seas_hist, level[:, None])
-        self.P_ = P
-        self.seasonal_ = seasonal
-        self.level_ = level
-        r = X - expected_hist
-        med, up, lo = self._scales(r, floor)
-        self.center_ = med
-        self.h_up_ = up
-        self.h_lo_ = lo
-        # Change model: trailing w-means of the residuals.
-        if w > 1:
-            m, cnt = rolling_mean(r, w)
-            m = np.where(cnt >= 0.75 * w, m, np.nan)
-            m_med, m_up, m_lo = self._scales(m, floor / np.sqrt(w), dof=w)
-            ws = self.window_sensitivity if self.window_sensitivity is not None else self.sensitivity
-            self.m_center_ = m_med
-            self.m_up_ = m_up
-            self.m_lo_ = m_lo
-            if self.innovation:
-                # residual of each point against the mean of the w points before it
-                prev, pcnt = rolling_mean(np.concatenate([np.full((n_series, 1), np.nan), r[:, :-1]], axis=1), w)
-                inn = np.where(pcnt >= 0.5 * w, r - prev, np.nan)
-                i_med, i_up, i_lo = self._scales(inn, floor)
-                isens = self.innovation_sensitivity if self.innovation_sensitivity is not None else self.sensitivity
-                self.i_center_ = i_med
-                self.i_up_ = i_up
-                self.i_lo_ = i_lo
-            self.tail_ = r[:, max(0, n_time - w) :]
-            if self.tail_.shape[1] < w:
-                self.tail_ = np.concatenate([np.full((n_series, w - self.tail_.shape[1]), np.nan), self.tail_], axis=1)
+        self.step_ = step = float(np.median(np.diff(t))) if t.size > 1 else 1.0
+        self.w_ = w = max(1, int(round(require_duration(self, "window") / step)))
+        self.level_ = level = nanmedian_rows(X)
+        floor = np.maximum(self.min_rel_band * np.abs(np.nan_to_num(level)), self.min_band)
 
-    def _expected(self, X: np.ndarray, n_hist_cols: int | None = None) -> np.ndarray:
-        n_series, n = X.shape
-        exp = np.broadcast_to(self.level_[:, None], X.shape)
+        # Expectation over the history: the level, or a daily profile where it fits much better.
+        season = require_duration(self, "season", optional=True)
+        self.period_ = period = int(round(season / step)) if season is not None else 0
+        n_seasons = -(-n_time // period) if period >= 2 else 0  # the oldest may be partial
+        self.seasonal_ = np.zeros(n_series, dtype=bool)
+        expected = np.broadcast_to(level[:, None], X.shape)
+        if n_seasons >= self.min_periods:
+            span = n_seasons * period  # seasons end at the last point, so phase 0 starts each
+            Xs = np.concatenate([np.full((n_series, span - n_time), np.nan), X], axis=1)
+            Xs = Xs.reshape(n_series, n_seasons, period)
+            self.profile_, loo = season_medians(Xs)
+            loo = loo.reshape(n_series, span)[:, span - n_time :]  # leave-one-out: the error a new season sees
+            with quiet_nan_warnings():
+                fit_season = np.nanmean(np.abs(X - loo), axis=1)
+                fit_level = np.nanmean(np.abs(X - level[:, None]), axis=1)
+            seen = np.mean(np.sum(~np.isnan(Xs), axis=1) >= self.min_periods, axis=1)
+            self.seasonal_ = (fit_season < _SEASONAL_GAIN * fit_level) & (seen >= 0.9)
+            self.seasonal_ &= ~np.isnan(self.profile_).any(axis=1)
+            if self.seasonal_.any():
+                expected = np.where(self.seasonal_[:, None], loo, expected)
+        r = X - expected
+        self.center_, self.half_up_, self.half_lo_ = self._spread(r, floor)
+        if w == 1:
+            return
+
+        # Sustained shift: means of the last w residuals.
+        s, cnt = trailing_sum(r, w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(cnt >= _WINDOW_COVERAGE * w, s / cnt, np.nan)
+        self.shift_center_, self.shift_up_, self.shift_lo_ = self._spread(means, floor / np.sqrt(w), dof=w)
+        # Jump: residual minus the mean of the w residuals before it.
+        prev_s = np.concatenate([np.zeros((n_series, 1)), s[:, :-1]], axis=1)
+        prev_n = np.concatenate([np.zeros((n_series, 1)), cnt[:, :-1]], axis=1)
+        # s[:, j-1] covers points j-w..j-1: exactly the w points before j.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            jumps = np.where(prev_n >= 0.5 * w, r - prev_s / prev_n, np.nan)
+        self.jump_center_, self.jump_up_, self.jump_lo_ = self._spread(jumps, floor)
+        # The last w residuals, to continue both checks into the scored points.
+        tail = r[:, max(0, n_time - w) :]
+        self.tail_ = np.concatenate([np.full((n_series, w - tail.shape[1]), np.nan), tail], axis=1)
+
+    # -- score ---------------------------------------------------------------------------
+    def _expected(self, t: np.ndarray) -> np.ndarray:
+        exp = np.broadcast_to(self.level_[:, None], (self.level_.shape[0], t.size))
         if self.seasonal_.any():
-            P = self.P_
-            # First scored point continues the history: its phase index is K*P % P == 0 from profile start.
-            idx = np.arange(n) % P
-            exp = np.where(self.seasonal_[:, None], self.profile_[:, idx], exp)
+            # The fitted profile ends with the history: the j-th step after it has phase j mod period.
+            steps = np.rint((t - self.fit_end_) / self.step_).astype(np.int64) - 1
+            exp = np.where(self.seasonal_[:, None], self.profile_[:, steps % self.period_], exp)
         return exp
 
     def _band(self, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        e = self._expected(X) + self.center_[:, None]
-        up = e + self.h_up_[:, None]
-        lo = e - self.h_lo_[:, None]
+        base = self._expected(t)
+        expected = base + self.center_[:, None]
+        upper = expected + self.half_up_[:, None]
+        lower = expected - self.half_lo_[:, None]
         w = self.w_
-        if w > 1:
-            r = X - e + self.center_[:, None]  # residual as in fit (before centering)
-            seq = np.concatenate([self.tail_, r], axis=1)
-            ok = ~np.isnan(seq)
-            c = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(np.where(ok, seq, 0.0), axis=1)], axis=1)
-            k = np.concatenate([np.zeros((X.shape[0], 1)), np.cumsum(ok, axis=1)], axis=1)
-            j = np.arange(X.shape[1]) + w  # index of the current point in seq
-            prev_sum = c[:, j] - c[:, j - (w - 1)]
-            prev_cnt = k[:, j] - k[:, j - (w - 1)]
-            n = prev_cnt + 1
-            # x such that the w-mean of residuals hits its band edge
-            e0 = e - self.center_[:, None]
-            full = n >= 0.75 * w
-            up_c = np.where(full, e0 + n * (self.m_center_[:, None] + self.m_up_[:, None]) - prev_sum, np.inf)
-            lo_c = np.where(full, e0 + n * (self.m_center_[:, None] - self.m_lo_[:, None]) - prev_sum, -np.inf)
-            if self.innovation:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    pw = k[:, j] - k[:, j - w]
-                    pm = np.where(pw >= 0.5 * w, (c[:, j] - c[:, j - w]) / pw, np.nan)
-                # with w-1 previous points (close enough to w used in fit)
-                up_i = e0 + pm + self.i_center_[:, None] + self.i_up_[:, None]
-                lo_i = e0 + pm + self.i_center_[:, None] - self.i_lo_[:, None]
-                up_c = np.fmin(up_c, up_i)
-                lo_c = np.fmax(lo_c, lo_i)
-            rho = self.tighten
-            up = np.maximum(e + rho * self.h_up_[:, None], np.minimum(up, up_c))
-            lo = np.minimum(e - rho * self.h_lo_[:, None], np.maximum(lo, lo_c))
-        return e, lo, up
+        if w == 1:
+            return expected, lower, upper
+        # Residual sums over the points before each scored point (history tail, then the batch).
+        seq = np.concatenate([self.tail_, X - base], axis=1)
+        s, cnt = trailing_sum(seq, w)
+        j = np.arange(X.shape[1]) + w - 1  # column of the point before each scored point
+        prev1_s = s[:, j] - np.nan_to_num(seq[:, j - w + 1])  # the w-1 points before
+        prev1_n = cnt[:, j] - ~np.isnan(seq[:, j - w + 1])
+        n = prev1_n + 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # Shift: the value x that puts the mean of the last w residuals on its band edge.
+            ok = n >= _WINDOW_COVERAGE * w
+            up_edge = np.where(ok, base + n * (self.shift_center_ + self.shift_up_)[:, None] - prev1_s, np.inf)
+            lo_edge = np.where(ok, base + n * (self.shift_center_ - self.shift_lo_)[:, None] - prev1_s, -np.inf)
+            # Jump: band around the mean of the w residuals before.
+            prev_mean = np.where(cnt[:, j] >= 0.5 * w, s[:, j] / cnt[:, j], np.nan)
+        up_edge = np.fmin(up_edge, base + prev_mean + (self.jump_center_ + self.jump_up_)[:, None])
+        lo_edge = np.fmax(lo_edge, base + prev_mean + (self.jump_center_ - self.jump_lo_)[:, None])
+        # Narrow the level band, but never below `tighten` of it around the expectation.
+        # (fmin/fmax: a check with no usable history, NaN, leaves the band as it is.)
+        upper = np.maximum(expected + self.tighten * self.half_up_[:, None], np.fmin(upper, up_edge))
+        lower = np.minimum(expected - self.tighten * self.half_lo_[:, None], np.fmax(lower, lo_edge))
+        return expected, lower, upper

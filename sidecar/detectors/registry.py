@@ -16,7 +16,7 @@ from sidecar.detectors.base import Detector, ParamError
 
 ENTRY_POINT_GROUP = "anomaly_sidecar.detectors"
 #: The detector used when a query names none. The backtest evaluation in README explains the choice.
-DEFAULT_DETECTOR = "robust_zscore"
+DEFAULT_DETECTOR = "adaptive"
 
 _REGISTRY: dict[str, type[Detector]] = {}
 _plugins_loaded = False
@@ -65,6 +65,9 @@ class DetectorSpecError(ValueError):
     def __init__(self, path: tuple[str, ...], message: str) -> None:
         super().__init__(message)
         self.path = path
+
+    def __reduce__(self) -> tuple[type, tuple[tuple[str, ...], str]]:  # survives worker processes
+        return (type(self), (self.path, str(self)))
 
 
 def build_from(spec: str | Mapping[str, Any] | None, detectors: Mapping[str, type], default: str, kind: str = "detector") -> Any:
