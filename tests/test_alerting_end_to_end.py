@@ -13,10 +13,23 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from deploy_assets import alertmanager_config_for_test, received_notifications, sidecar_job, start_alert_receiver
+from deploy_assets import (
+    alertmanager_config_for_test,
+    received_notifications,
+    sidecar_job,
+    start_alert_receiver,
+)
 from servers import Alertmanager, Prometheus, wait_until
-from sidecar_stack import NAMESPACE, PODS, history_end, model_history, scaled_rules, shipped_sidecar_scrape_job, start_sidecar
+from sidecar_stack import (
+    DETECTOR,
+    NAMESPACE,
+    PODS,
+    history_end,
+    model_history,
+    scaled_rules,
+    shipped_sidecar_scrape_job,
+    start_sidecar,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,12 +80,12 @@ def test_an_injected_anomaly_pages_through_the_shipped_rules_and_routing_and_the
             "model": model,
             # ... plus what the sidecar adds, and the scrape job's relabeling.
             "query": "inflight_requests",
-            "detector": "robust_zscore",
+            "detector": DETECTOR,
             "sidecar": sidecar.address,
         }
         assert critical["annotations"]["runbook_url"].endswith("/docs/runbooks/ModelMetricAnomalyCritical.md")
         assert critical["annotations"]["description"].startswith("Query inflight_requests scores ")
-        assert f"for model {model} in pod {NAMESPACE}/fraud-0 (detector robust_zscore, sidecar {sidecar.address})" in critical["annotations"]["description"]
+        assert f"for model {model} in pod {NAMESPACE}/fraud-0 (detector {DETECTOR}, sidecar {sidecar.address})" in critical["annotations"]["description"]
         assert got[("/ticket", "ModelMetricAnomalous", "churn-0")]["labels"]["severity"] == "warning"
 
         # Let every rule have its (scaled) chance to fire, and the grouping timers to flush.

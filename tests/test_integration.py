@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import model_history
+from prometheus_client.parser import text_string_to_metric_families
 from servers import Process, Prometheus, free_port, sidecar_command, wait_until
+
+from sidecar.detectors import DEFAULT_DETECTOR
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +83,7 @@ def test_scores_reach_prometheus_with_source_labels_and_only_the_anomaly_is_abov
         # honor_labels keeps the model server's job and instance, not the sidecar's.
         assert m4 == {
             "__name__": "anomaly_score", "job": "model-server", "instance": "10.0.0.1:8000", "namespace": "serving",
-            "pod": "model-0", "model": "m4", "query": "latency", "detector": "robust_zscore",
+            "pod": "model-0", "model": "m4", "query": "latency", "detector": DEFAULT_DETECTOR,
         }
         assert float(by_model["m4"]["value"][1]) >= 1
         assert all(float(by_model[m]["value"][1]) < 1 for m in ("m1", "m2", "m3"))

@@ -6,11 +6,12 @@ import logging
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
-
 from conftest import STEP
+from prometheus_client import CollectorRegistry
 from servers import free_port
+
 from sidecar.config import parse_config
+from sidecar.detectors import DEFAULT_DETECTOR
 from sidecar.prometheus import PrometheusClient
 from sidecar.scoring import QueryRunner, counter_rates
 from sidecar.telemetry import Telemetry
@@ -67,7 +68,7 @@ def test_published_labels_are_the_source_labels_plus_query_and_detector(history)
     lines = view.chunks[0].decode().splitlines()
     assert len(lines) == 4
     assert lines[0].startswith(
-        'anomaly_score{detector="robust_zscore",instance="10.0.0.1:8000",job="model-server",model="m1",namespace="serving",pod="model-0",query="q"} '
+        f'anomaly_score{{detector="{DEFAULT_DETECTOR}",instance="10.0.0.1:8000",job="model-server",model="m1",namespace="serving",pod="model-0",query="q"}} '
     )
 
 

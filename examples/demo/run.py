@@ -157,7 +157,7 @@ class Stack:
         stamp = time.strftime("%H:%M:%S")
         if not rows:
             n = int(float(waiting[0]["value"][1])) if waiting else 0
-            print(f"[{stamp}] warming up: {n} series are collecting history before they get a score (about 2-3 minutes)")
+            print(f"[{stamp}] warming up: {n} series are collecting history before they get a score (about 3-4 minutes)")
             return
         print(f"[{stamp}] highest anomaly scores (1 = edge of the expected band):")
         for s in rows:
@@ -213,7 +213,7 @@ anomaly-sidecar demo is running (logs and data in {DEMO}/). Open:
   Alertmanager           {stack.url('alertmanager')}/
   model server           {m}/metrics
 
-Series need about 2-3 minutes of history before they are scored. Then inject an anomaly
+Series need about 3-4 minutes of history before they are scored. Then inject an anomaly
 (latency, errors, traffic_drop, drift, memory_leak), for 10 minutes, on model fraud-v3:
   curl -X POST '{m}/scenario/latency?model=fraud-v3&duration=600'
 and watch its score rise above 1 below, in Prometheus, and (after the alert's 'for:' time)
