@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidecar.detectors import Detector, DetectorSpecError
+from sidecar.detectors import available as available_detectors
 from sidecar.detectors import build as build_detector
 from sidecar.durations import format_duration, parse_duration
 
@@ -350,6 +351,9 @@ def _resolve(raw: RawConfig, detector_names: dict[str, str | None]) -> tuple[tup
         if ttl < cadence:
             problems.append((src("series_ttl"), f"must be at least the interval and the step ({format_duration(cadence)}), or series would blink out between scores"))
         refit = q.refit_interval if q.refit_interval is not None else d.refit_interval
+        det_name = detector_names.get(f"{at}.detector" if q.detector is not None else "defaults.detector")
+        if refit is None and det_name in available_detectors():
+            refit = available_detectors()[det_name].recommended_refit_interval
         own = q.detector is not None
         specs.append(
             QuerySpec(
@@ -359,7 +363,7 @@ def _resolve(raw: RawConfig, detector_names: dict[str, str | None]) -> tuple[tup
                 step=step,
                 history=history,
                 detector_spec=q.detector if own else d.detector,
-                detector_name=detector_names.get(f"{at}.detector" if own else "defaults.detector") or "?",
+                detector_name=det_name or "?",
                 refit_interval=refit or 0.0,
                 series_ttl=ttl,
                 max_series=q.max_series if q.max_series is not None else d.max_series,

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 #: Steps re-read at the start of every fetch: samples that arrived late replace earlier reads.
 OVERLAP_STEPS = 2
+#: Series x history points per fit call: detectors that treat series independently are fitted
+#: in chunks of series, which bounds the fit's peak memory whatever the query returns.
+FIT_CHUNK_CELLS = 2_000_000
+MIN_FIT_CHUNK = 256
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 
 
@@ -97,8 +101,8 @@ class QueryRunner:
         self.is_counter = np.zeros(0, dtype=bool)
         self.outputs = np.full((len(FAMILIES), 0), np.nan)  # last published outputs per row
         self.published_at = np.zeros(0)  # wall time each row was last scored (0: never)
-        self.full_fit: Fit | None = None
-        self.catchup: Fit | None = None
+        self.full_fits: list[Fit] = []  # the last full refit, in chunks of series
+        self.catchup: list[Fit] = []  # series that appeared since the last full refit
         self.rows_at_full_fit = 0
         self.view = QueryView(spec.name, spec.expr, spec.detector_name, spec.interval, spec.step)
         self._last_problem: str | None = None
@@ -234,30 +238,37 @@ class QueryRunner:
             X[self.is_counter] = counter_rates(X[self.is_counter], self.spec.step)
         return X
 
-    def _fit(self, rows: np.ndarray, cut: int, now: float) -> Fit:
+    def _fit(self, rows: np.ndarray, cut: int, now: float) -> list[Fit]:
+        """Fit ``rows`` on the ``history`` points before column ``cut``, in chunks of series."""
         cols = slice(max(0, cut - self.spec.history_points), cut)
-        X, t = self._values()[rows, cols], self.buffer.timestamps[cols]
-        started = time.perf_counter()
-        detector = self.spec.detector().fit(X, t)
-        if self.telemetry is not None:
-            self.telemetry.fit_duration.labels(self.spec.name, self.spec.detector_name).set(time.perf_counter() - started)
-        return Fit(rows, detector, float(t[-1]), now)
+        values, t = self._values(), self.buffer.timestamps[cols]
+        first = self.spec.detector()
+        size = rows.size if first.pools_series else max(MIN_FIT_CHUNK, FIT_CHUNK_CELLS // max(1, self.spec.history_points))
+        fits = []
+        for c0 in range(0, max(rows.size, 1), size):
+            chunk = rows[c0 : c0 + size]
+            detector = first if c0 == 0 else self.spec.detector()
+            fits.append(Fit(chunk, detector.fit(values[chunk, cols], t), float(t[-1]), now))
+        return fits
 
     def _refit(self, now: float, cut: int, rows: np.ndarray) -> np.ndarray:
         """Refit everything when due, else fit only series new since the last full fit.
 
         Returns ``rows`` (buffer rows of the current result) renumbered if rows were dropped.
         """
-        due = self.full_fit is None or now - self.full_fit.fitted_at >= self.spec.refit_interval
+        due = not self.full_fits or now - self.full_fits[0].fitted_at >= self.spec.refit_interval
         if due:
             rows = self._compact(now, rows)
-            self.full_fit = self._fit(np.arange(self.buffer.n_rows), cut, now)
-            self.catchup = None
+            started = time.perf_counter()
+            self.full_fits = self._fit(np.arange(self.buffer.n_rows), cut, now)
+            if self.telemetry is not None:
+                self.telemetry.fit_duration.labels(self.spec.name, self.spec.detector_name).set(time.perf_counter() - started)
+            self.catchup = []
             self.rows_at_full_fit = self.buffer.n_rows
         elif self.buffer.n_rows > self.rows_at_full_fit:
             new_rows = np.arange(self.rows_at_full_fit, self.buffer.n_rows)
-            stale = self.catchup is None or self.catchup.rows.size != new_rows.size or not self.catchup.detector.ready_.all()
-            if stale:
+            covered = sum(f.rows.size for f in self.catchup)
+            if covered != new_rows.size or not all(f.detector.ready_.all() for f in self.catchup):
                 self.catchup = self._fit(new_rows, cut, now)
         return rows
 
@@ -283,8 +294,8 @@ class QueryRunner:
         present = np.zeros(self.buffer.n_rows, dtype=bool)
         present[rows] = ~np.all(np.isnan(X[rows, new_cols]), axis=1)
         scored = np.zeros(self.buffer.n_rows, dtype=bool)
-        for fit in (self.full_fit, self.catchup):
-            if fit is None:
+        for fit in [*self.full_fits, *self.catchup]:
+            if fit.rows.size == 0:
                 continue
             cols = t > fit.fit_end
             values = X[fit.rows][:, cols]

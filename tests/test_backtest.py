@@ -276,7 +276,11 @@ def test_prometheus_history_replay_reports_the_alert_of_the_injected_anomaly(tmp
 def test_prometheus_backtest_scores_what_the_live_sidecar_scores(history):
     """The last point of a backtest equals the live cycle's score at the same moment."""
     cfg = parse_config(
-        {"prometheus": {"url": history.prometheus.url}, "queries": [{"name": "q", "expr": "model_latency_seconds", "interval": "15s", "step": "15s", "history": "1h"}]}
+        {
+            "prometheus": {"url": history.prometheus.url},
+            # Refit every cycle: the live and the replayed fits then cover exactly the same points.
+            "queries": [{"name": "q", "expr": "model_latency_seconds", "interval": "15s", "step": "15s", "history": "1h", "refit_interval": "0s"}],
+        }
     )
     client = PrometheusClient(cfg.prometheus)
     now = (history.end // 15) * 15

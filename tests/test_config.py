@@ -187,3 +187,27 @@ def test_check_config_offline_accepts_a_valid_file(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "config OK, 1 query" in out.stdout
     assert "request_latency_p99: every 30s, step 15s, history 2h, detector robust_zscore" in out.stdout
+
+
+def test_refit_interval_defaults_to_the_detectors_recommendation():
+    from sidecar.detectors import available
+
+    queries = parse_config(
+        {
+            "prometheus": {"url": "http://p:9090"},
+            "queries": [
+                {"name": "cheap", "expr": "up", "detector": "robust_zscore"},
+                {"name": "default", "expr": "up"},
+                {"name": "ml", "expr": "up", "detector": "forest"},
+                {"name": "mine", "expr": "up", "detector": "forest", "refit_interval": "5m"},
+            ],
+        }
+    ).queries
+    got = {q.name: q.refit_interval for q in queries}
+    assert got == {
+        "cheap": 0.0,
+        "default": available()[DEFAULT_DETECTOR].recommended_refit_interval,
+        "ml": available()["forest"].recommended_refit_interval,
+        "mine": 300.0,
+    }
+    assert got["ml"] > 0 and got["default"] > 0

@@ -74,7 +74,7 @@ def test_published_labels_are_the_source_labels_plus_query_and_detector(history)
 
 def test_the_second_cycle_fetches_only_new_steps_and_reuses_the_buffer(history):
     clock = Clock(history.end)
-    runner = runner_for(history, clock=clock, client_cls=RecordingClient)
+    runner = runner_for(history, clock=clock, client_cls=RecordingClient, refit_interval="0s")
     runner.run()
     clock.now += 45
     runner.run()
@@ -90,13 +90,13 @@ def test_refit_interval_keeps_the_fit_between_refits(history):
     clock = Clock(history.end)
     runner = runner_for(history, clock=clock, refit_interval="10m")
     runner.run()
-    first = runner.full_fit
+    first = runner.full_fits
     clock.now += 30
     runner.run()
-    assert runner.full_fit is first
+    assert runner.full_fits is first
     clock.now += 600
     runner.run()
-    assert runner.full_fit is not first
+    assert runner.full_fits is not first
     assert runner.view.series_scored == 4
 
 
@@ -112,12 +112,12 @@ def test_new_series_between_refits_get_a_catch_up_fit_once_they_have_history(his
         refit_interval="1h",
         detector={"type": "robust_zscore", "min_history": min_history},
     )
-    first_fit = runner.run() and runner.full_fit
+    first_fit = runner.run() and runner.full_fits
     assert runner.view.series_scored == 3
     hidden["on"] = False
     clock.now += 30
     view = runner.run()
-    assert runner.full_fit is first_fit and runner.catchup is not None and runner.catchup.rows.size == 1
+    assert runner.full_fits is first_fit and [f.rows.size for f in runner.catchup] == [1]
     assert view.series_scored == scored and view.series_not_ready == 4 - scored
 
 
@@ -218,6 +218,19 @@ def test_source_labels_named_query_or_detector_are_kept_as_exported(history):
     runner = runner_for(history, expr='label_replace(model_latency_seconds{model="m1"}, "query", "theirs", "", "")')
     view = runner.run()
     assert b'exported_query="theirs"' in view.chunks[0] and b'query="q"' in view.chunks[0]
+
+
+def test_many_series_are_fitted_in_chunks_with_the_same_scores(history, monkeypatch):
+    import sidecar.scoring as scoring
+
+    whole = runner_for(history)
+    whole.run()
+    monkeypatch.setattr(scoring, "FIT_CHUNK_CELLS", 1)  # one series per chunk
+    monkeypatch.setattr(scoring, "MIN_FIT_CHUNK", 1)
+    chunked = runner_for(history)
+    chunked.run()
+    assert len(chunked.full_fits) == 4 and len(whole.full_fits) == 1
+    np.testing.assert_array_equal(chunked.outputs, whole.outputs)
 
 
 def test_every_detector_runs_through_the_cycle(history):

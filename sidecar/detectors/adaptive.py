@@ -92,6 +92,9 @@ class Adaptive(Detector):
     """Level or daily-seasonal expectation; band from robust and extreme residuals; tightens on shifts and jumps."""
 
     time_invariant = True
+    # Its fit sorts the whole history several times; a level learned 10 minutes ago is as good,
+    # and the shift and jump checks run on every new point between refits.
+    recommended_refit_interval = 600.0
 
     name = "adaptive"
     summary = "median or daily profile ± tail-calibrated band that tightens on sustained shifts and jumps"

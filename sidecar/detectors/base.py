@@ -180,6 +180,9 @@ class Detector(Params):
     #: machine-learning model): rows are then not independent, so replay must not stack
     #: windows of different times into one batch, and a series' score depends on its peers.
     pools_series: ClassVar[bool] = False
+    #: Seconds between refits when a query does not set ``refit_interval``: 0 refits every
+    #: cycle (cheap detectors); costly fits recommend a cadence, their state stays valid.
+    recommended_refit_interval: ClassVar[float] = 0.0
 
     min_history: int
 

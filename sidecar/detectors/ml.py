@@ -147,6 +147,7 @@ class WindowDetector(Detector):
     time_invariant = True
     pools_series = True
     family = "machine_learning"
+    recommended_refit_interval = 3600.0  # training a model every cycle would dominate the sidecar's CPU
 
     window: int
     sensitivity: float
