@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +64,19 @@ def main() -> None:
             cfg = parse_config(
                 {
                     "prometheus": {"url": prom.url, "timeout": "120s"},
-                    "queries": [{"name": "b", "expr": "bench_latency_seconds", "interval": "30s", "step": "15s", "history": f"{args.hours:g}h", "max_series": 100000}],
+                    "queries": [{"name": "b", "expr": "bench_latency_seconds", "interval": "30s", "step": "15s", "history": f"{args.hours:g}h", "max_series": 100000, "refit_interval": "0s"}],
                 }
             )
             client = PrometheusClient(cfg.prometheus)
             spec = cfg.queries[0]
             clock = Clock(end - 30 * (args.cycles + 1))
             incremental = QueryRunner(spec, client, clock=clock)
+            tracemalloc.start()
             first = time.perf_counter()
             incremental.run()
             first = time.perf_counter() - first
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
             inc, full = [], []
             for _ in range(args.cycles):
                 clock.now += 30
@@ -85,7 +89,7 @@ def main() -> None:
                 full.append(time.perf_counter() - t0)
             assert view.success and view.series_scored == args.series, view
             mi, mf = float(np.median(inc)), float(np.median(full))
-            print(f"  first cycle (whole history)             {first:7.2f} s")
+            print(f"  first cycle: peak memory (tracemalloc)  {peak / 2**20:7.0f} MiB (reads the whole history, fits {spec.detector_name})")
             print(f"  incremental cycle, median of {args.cycles}          {mi:7.2f} s")
             print(f"  re-reading the history, median of {args.cycles}     {mf:7.2f} s   ({mf / mi:.1f}x the incremental cycle)")
         finally:

@@ -117,6 +117,7 @@ class PrometheusSettings(_Strict):
     basic_auth: BasicAuth | None = None
     tls: TLS = Field(default_factory=TLS)
     max_points_per_query: int = Field(PROMETHEUS_MAX_POINTS, ge=2, le=PROMETHEUS_MAX_POINTS)
+    max_samples_per_request: int = Field(500_000, ge=1000)
 
     @field_validator("timeout")
     @classmethod

@@ -23,6 +23,10 @@ from sidecar.logs import kv
 
 log = logging.getLogger(__name__)
 
+#: Points of the first request of a long range: enough for a cycle's new points in one request,
+#: small enough to learn the number of series cheaply before sizing the rest.
+FIRST_REQUEST_POINTS = 64
+
 #: Reasons used as the ``reason`` label of anomaly_sidecar_query_errors_total.
 REASONS = ("connection", "timeout", "http", "auth", "bad_data", "execution", "parse", "too_many_series", "duplicate_series", "detector", "internal")
 
@@ -178,14 +182,22 @@ class PrometheusClient:
 
     # -- queries -------------------------------------------------------------------------
     def query_range(self, expr: str, start: float, end: float, step: float) -> RangeResult:
-        """Evaluate ``expr`` at start, start+step, ... <= end, split to respect the point limit."""
+        """Evaluate ``expr`` at start, start+step, ... <= end, in requests of bounded size.
+
+        Each request stays under Prometheus' per-series point limit and, once the number of
+        series is known from a short first request, under ``max_samples_per_request`` samples
+        in total: decoding a JSON answer costs ~150 bytes of Python objects per sample, so a
+        whole history of 10,000 series in one answer would need gigabytes.
+        """
         ts = grid(start, end, step)
         limit = min(self.settings.max_points_per_query, PROMETHEUS_MAX_POINTS)
+        budget = self.settings.max_samples_per_request
         index: dict[tuple, int] = {}
         labels: list[dict[str, str]] = []
         chunks: list[tuple[int, list[int], np.ndarray]] = []
-        for c0 in range(0, ts.size, limit):
-            part = ts[c0 : c0 + limit]
+        c0, size, widest = 0, min(limit, FIRST_REQUEST_POINTS), 0
+        while c0 < ts.size:
+            part = ts[c0 : c0 + size]
             data = self._request(
                 "query_range",
                 {"query": expr, "start": _fmt(part[0]), "end": _fmt(part[-1]), "step": _fmt(step), "timeout": f"{self.settings.timeout:g}s"},
@@ -199,6 +211,9 @@ class PrometheusClient:
                     labels.append(lbl)
                 rows.append(index[key])
             chunks.append((c0, rows, part_values))
+            c0 += part.size
+            widest = max(widest, len(part_labels))
+            size = int(min(limit, max(1, budget // max(widest, 1))))
         if len(chunks) == 1 and chunks[0][1] == list(range(len(labels))):
             return RangeResult(ts, labels, chunks[0][2])
         values = np.full((len(labels), ts.size), np.nan)

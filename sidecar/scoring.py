@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 OVERLAP_STEPS = 2
 #: Series x history points per fit call: detectors that treat series independently are fitted
 #: in chunks of series, which bounds the fit's peak memory whatever the query returns.
-FIT_CHUNK_CELLS = 2_000_000
+FIT_CHUNK_CELLS = 1_000_000
 MIN_FIT_CHUNK = 256
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 

@@ -240,3 +240,29 @@ def test_every_detector_runs_through_the_cycle(history):
         spec = {"type": name, "max": 1.0} if name == "static_threshold" else ({"type": name, "period": "10m", "bins": 10} if name == "seasonal" else name)
         view = runner_for(history, detector=spec).run()
         assert view.success and view.series_scored == 4, (name, view.error)
+
+
+@pytest.mark.parametrize(
+    "settings, requests",
+    [
+        ({"max_points_per_query": 50}, 10),  # 481 points at 50 per series: 10 requests
+        ({"max_samples_per_request": 1000}, 4),  # 64 points to count 6 series, then 166 at a time
+    ],
+)
+def test_long_ranges_are_read_in_bounded_requests_that_add_up_to_one_read(history, settings, requests):
+    class Counting(PrometheusClient):
+        requests = 0
+
+        def _request(self, endpoint, params):
+            type(self).requests += 1
+            return super()._request(endpoint, params)
+
+    base = parse_config({"prometheus": {"url": history.prometheus.url}, "queries": [{"name": "q", "expr": "up"}]}).prometheus
+    whole = PrometheusClient(base).query_range('{__name__=~"model_.*"}', history.end - 7200, history.end, 15)
+    split = Counting(base.model_copy(update=settings)).query_range('{__name__=~"model_.*"}', history.end - 7200, history.end, 15)
+    assert Counting.requests == requests
+    order = {tuple(sorted(lbl.items())): i for i, lbl in enumerate(split.labels)}
+    rows = [order[tuple(sorted(lbl.items()))] for lbl in whole.labels]
+    assert len(rows) == whole.n_series == 6
+    np.testing.assert_array_equal(split.timestamps, whole.timestamps)
+    np.testing.assert_array_equal(split.values[rows], whole.values)
