@@ -269,7 +269,11 @@ def test_prometheus_history_replay_reports_the_alert_of_the_injected_anomaly(tmp
     points = np.arange(np.ceil((end - 1800) / 15) * 15, end + 1e-9, 15).size  # the step grid in [start, end]
     assert by_model["m4"]["points"] == points and by_model["m4"]["anomalous"] >= 10
     assert len(by_model["m4"]["alerts"]) == 1 and all(not by_model[m]["alerts"] for m in ("m1", "m2", "m3"))
-    text = cli("--config", str(cfg), "--start", str(end - 1800), "--end", str(end), "--alert-for", "1m")
+    om = tmp_path / "replay.om"
+    text = cli("--config", str(cfg), "--start", str(end - 1800), "--end", str(end), "--alert-for", "1m", "--openmetrics", str(om), "--label", "backtest=1")
+    lines = [line for line in om.read_text().splitlines() if line.startswith("anomaly_score{")]
+    assert len(lines) == 4 * points
+    assert all('backtest="1"' in line and 'query="latency"' in line and 'namespace="serving"' in line for line in lines)
     assert 'model="m4"' in text.stdout.splitlines()[4] and f"total: 4 series, {4 * points} points" in text.stdout
 
 
