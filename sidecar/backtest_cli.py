@@ -22,8 +22,8 @@ from sidecar.durations import format_duration, parse_duration
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: CSV replays: history each fit sees and how often it is refitted (the default detector's
 #: recommended settings; each file's own median step turns them into points).
-CSV_HISTORY = "7d"
-CSV_REFIT_EVERY = "3h"
+CSV_HISTORY = "14d"
+CSV_REFIT_EVERY = "6h"
 
 
 def _usage(msg: str) -> int:

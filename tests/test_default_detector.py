@@ -15,6 +15,7 @@ import pytest
 import sidecar.detectors.adaptive  # noqa: F401  (registers the detector)
 from sidecar.detectors import ParamError, build
 from sidecar.detectors.adaptive import Adaptive, season_medians, trailing_sum
+from sidecar.detectors.base import nanquantile_rows
 from sidecar.replay import replay
 
 STEP = 300.0  # 5-minute scrape
@@ -360,3 +361,43 @@ def test_helpers_match_numpy() -> None:
         window = X[:, max(0, j - 3) : j + 1]
         np.testing.assert_allclose(s[:, j], np.nansum(window, axis=1))
         np.testing.assert_array_equal(n[:, j], np.sum(~np.isnan(window), axis=1))
+
+
+@pytest.mark.parametrize("seasons", [4, 5], ids=["odd-others", "even-others"])
+def test_season_medians_without_gaps_match_numpy(seasons: int) -> None:
+    """The gap-free path (one order statistic for every phase) gives the same medians."""
+    rng = np.random.default_rng(27)
+    Xs = np.round(rng.normal(size=(3, seasons, 6)), 1)  # ties included
+    median, loo = season_medians(Xs)
+    np.testing.assert_array_equal(median, np.median(Xs, axis=1))
+    for a in range(3):
+        for k in range(seasons):
+            for p in range(6):
+                assert loo[a, k, p] == np.median(np.delete(Xs[a, :, p], k))
+
+
+def test_trailing_sum_without_gaps_counts_the_window() -> None:
+    X = np.random.default_rng(28).normal(size=(3, 20))
+    s, n = trailing_sum(X, 5)
+    for j in range(20):
+        np.testing.assert_allclose(s[:, j], X[:, max(0, j - 4) : j + 1].sum(axis=1))
+        np.testing.assert_array_equal(n[:, j], min(j + 1, 5))
+
+
+def test_row_quantiles_match_numpy_whatever_the_gaps() -> None:
+    """The shared row quantiles (medians and MADs of every check) agree with numpy, gaps or not."""
+    rng = np.random.default_rng(29)
+    X = np.round(rng.normal(size=(40, 33)), 1)
+    X[:, :3] = np.nan
+    X[30:, 10:20] = np.nan
+    X[35:, :] = np.nan  # all-NaN rows
+    X[20, 5] = X[21, 7] = X[22, 5:9] = np.nan
+    qs = (0.5, 0.1, 0.9, 0.0, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+        expected = np.nanquantile(X, qs, axis=1)
+    for got, want in zip(nanquantile_rows(X, qs), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, equal_nan=True)
+    full = X[:20, 3:]  # no gaps
+    for got, want in zip(nanquantile_rows(full, qs), np.quantile(full, qs, axis=1)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -52,14 +52,23 @@ _WINDOW_COVERAGE = 0.75
 
 
 def trailing_sum(X: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum and count of the non-NaN values among the last ``w`` points of every position (inclusive)."""
-    ok = ~np.isnan(X)
-    c = np.cumsum(np.where(ok, X, 0.0), axis=1)
-    k = np.cumsum(ok, axis=1, dtype=np.float64)
-    s, n = c.copy(), k.copy()
-    if w < X.shape[1]:
-        s[:, w:] -= c[:, :-w]
-        n[:, w:] -= k[:, :-w]
+    """Sum and count of the non-NaN values among the last ``w`` points of every position (inclusive).
+
+    Without NaN the count is min(position + 1, w), returned as a read-only broadcast view.
+    """
+    nan = np.isnan(X)
+    c = np.cumsum(np.where(nan, 0.0, X) if nan.any() else X, axis=1)
+    s = np.empty_like(c)
+    head = min(w, X.shape[1])
+    s[:, :head] = c[:, :head]
+    np.subtract(c[:, w:], c[:, :-w], out=s[:, w:])
+    if not nan.any():
+        n = np.minimum(np.arange(1, X.shape[1] + 1, dtype=np.float64), float(w))
+        return s, np.broadcast_to(n, X.shape)
+    k = np.cumsum(~nan, axis=1, dtype=np.float64)
+    n = np.empty_like(k)
+    n[:, :head] = k[:, :head]
+    np.subtract(k[:, w:], k[:, :-w], out=n[:, w:])
     return s, n
 
 
@@ -73,17 +82,24 @@ def season_medians(Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     S = np.sort(Xs, axis=1)  # NaN last
     top = Xs.shape[1] - 1
     count = np.sum(~np.isnan(Xs), axis=1, keepdims=True)
+    uniform = bool((count == count.flat[0]).all()) if count.size else False
 
     def at(p: np.ndarray) -> np.ndarray:
+        if uniform:  # the same order statistic everywhere: a slice, no gather
+            k = int(np.clip(p.flat[0], 0, top))
+            return S[:, k : k + 1, :]
         return np.take_along_axis(S, np.clip(p, 0, top), axis=1)
 
     median = 0.5 * (at((count - 1) // 2) + at(count // 2))[:, 0, :]
     median[count[:, 0, :] == 0] = np.nan
     m = count - 1  # the others
-    loo = np.zeros(Xs.shape)
-    for p in ((m - 1) // 2, m // 2):
-        # Removing a value <= the p-th order statistic shifts the p-th of the rest up by one.
-        loo += 0.5 * np.where(Xs <= at(p), at(p + 1), at(p))
+    # Removing a value <= the p-th order statistic shifts the p-th of the rest up by one;
+    # the leave-one-out median is the mean of the p-th and q-th of the rest (p == q for odd m).
+    p, q = (m - 1) // 2, m // 2
+    loo = np.where(Xs <= at(p), at(p + 1), at(p))
+    if not (uniform and m.size and m.flat[0] % 2 == 1):
+        loo += np.where(Xs <= at(q), at(q + 1), at(q))
+        loo *= 0.5
     return median, np.where(m >= 1, loo, np.nan)
 
 
@@ -149,25 +165,31 @@ class Adaptive(Detector):
         """
         center = nanmedian_rows(r)
         dev = r - center[:, None]
-        with quiet_nan_warnings():
-            mad = 1.4826 * nanmedian_rows(np.abs(dev))
-            mean_ad = 1.2533 * np.nanmean(np.abs(dev), axis=1)
-        base = np.where(mad > 0, mad, mean_ad)
+        absdev = np.abs(dev)
+        mad = 1.4826 * nanmedian_rows(absdev)
+        base = mad
+        flat = ~(mad > 0)
+        if flat.any():
+            with quiet_nan_warnings():
+                base = np.where(flat, 0.0, mad)
+                base[flat] = 1.2533 * np.nanmean(absdev[flat], axis=1)
         # Block extremes, leaving out the newest block (an ongoing incident must not widen its
         # own band); the _EPISODES-th largest is the extreme that recurred.
         b = _UNLEARNED_WINDOWS * self.w_
-        n_blocks = -(-r.shape[1] // b) - 1  # blocks aligned to the end; the oldest may be partial
+        n_old_cols = r.shape[1] - b
+        n_blocks = -(-n_old_cols // b)  # blocks aligned to the end; the oldest may be partial
         if n_blocks >= 1:
-            older = dev[:, : r.shape[1] - b]
-            pad = np.full((r.shape[0], n_blocks * b - older.shape[1]), np.nan)
-            blocks = np.concatenate([pad, older], axis=1).reshape(r.shape[0], n_blocks, b)
+            first = n_old_cols - (n_blocks - 1) * b  # length of the oldest block
+            full = dev[:, first:n_old_cols].reshape(r.shape[0], n_blocks - 1, b)
             with quiet_nan_warnings():
-                top = np.sort(np.fmax.reduce(blocks, axis=2), axis=1)  # NaN sorts last
-                bottom = np.sort(np.fmin.reduce(blocks, axis=2), axis=1)
+                top = np.concatenate([np.fmax.reduce(dev[:, :first], axis=1)[:, None], np.fmax.reduce(full, axis=2)], axis=1)
+                bottom = np.concatenate([np.fmin.reduce(dev[:, :first], axis=1)[:, None], np.fmin.reduce(full, axis=2)], axis=1)
+            top.sort(axis=1)  # NaN sorts last
+            bottom.sort(axis=1)
             known = np.sum(~np.isnan(top), axis=1)
             k = np.clip(known, 1, _EPISODES)
             rows = np.arange(r.shape[0])
-            n_old = np.sum(~np.isnan(blocks), axis=(1, 2))
+            n_old = n_old_cols - np.count_nonzero(np.isnan(dev[:, :n_old_cols]), axis=1)
             z = ndtri(1.0 - k / (np.maximum(n_old / dof, 2.0 * k) + 1.0))
             up = np.fmax(base, top[rows, np.maximum(known - k, 0)] / z)
             lo = np.fmax(base, -bottom[rows, k - 1] / z)
@@ -189,22 +211,23 @@ class Adaptive(Detector):
         self.period_ = period = int(round(season / step)) if season is not None else 0
         n_seasons = -(-n_time // period) if period >= 2 else 0  # the oldest may be partial
         self.seasonal_ = np.zeros(n_series, dtype=bool)
-        expected = np.broadcast_to(level[:, None], X.shape)
         if n_seasons >= self.min_periods:
             span = n_seasons * period  # seasons end at the last point, so phase 0 starts each
             Xs = np.concatenate([np.full((n_series, span - n_time), np.nan), X], axis=1)
             Xs = Xs.reshape(n_series, n_seasons, period)
             self.profile_, loo = season_medians(Xs)
             loo = loo.reshape(n_series, span)[:, span - n_time :]  # leave-one-out: the error a new season sees
+            r_season = X - loo
+            r_level = X - level[:, None]
             with quiet_nan_warnings():
-                fit_season = np.nanmean(np.abs(X - loo), axis=1)
-                fit_level = np.nanmean(np.abs(X - level[:, None]), axis=1)
+                fit_season = np.nanmean(np.abs(r_season), axis=1)
+                fit_level = np.nanmean(np.abs(r_level), axis=1)
             seen = np.mean(np.sum(~np.isnan(Xs), axis=1) >= self.min_periods, axis=1)
             self.seasonal_ = (fit_season < _SEASONAL_GAIN * fit_level) & (seen >= 0.9)
             self.seasonal_ &= ~np.isnan(self.profile_).any(axis=1)
-            if self.seasonal_.any():
-                expected = np.where(self.seasonal_[:, None], loo, expected)
-        r = X - expected
+            r = np.where(self.seasonal_[:, None], r_season, r_level) if self.seasonal_.any() else r_level
+        else:
+            r = X - level[:, None]
         self.center_, self.half_up_, self.half_lo_ = self._spread(r, floor)
         if w == 1:
             return
@@ -214,12 +237,11 @@ class Adaptive(Detector):
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.where(cnt >= _WINDOW_COVERAGE * w, s / cnt, np.nan)
         self.shift_center_, self.shift_up_, self.shift_lo_ = self._spread(means, floor / np.sqrt(w), dof=w)
-        # Jump: residual minus the mean of the w residuals before it.
-        prev_s = np.concatenate([np.zeros((n_series, 1)), s[:, :-1]], axis=1)
-        prev_n = np.concatenate([np.zeros((n_series, 1)), cnt[:, :-1]], axis=1)
-        # s[:, j-1] covers points j-w..j-1: exactly the w points before j.
+        # Jump: residual minus the mean of the w residuals before it (s[:, j-1] covers points
+        # j-w..j-1: exactly the w points before j; the first point has none).
+        jumps = np.full(r.shape, np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
-            jumps = np.where(prev_n >= 0.5 * w, r - prev_s / prev_n, np.nan)
+            jumps[:, 1:] = np.where(cnt[:, :-1] >= 0.5 * w, r[:, 1:] - s[:, :-1] / cnt[:, :-1], np.nan)
         self.jump_center_, self.jump_up_, self.jump_lo_ = self._spread(jumps, floor)
         # The last w residuals, to continue both checks into the scored points.
         tail = r[:, max(0, n_time - w) :]
