@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +38,20 @@ class BadInput(ValueError):
 
 
 # -- time ----------------------------------------------------------------------------------
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def iso_seconds(text: str) -> float:
+    """Unix seconds of an ISO-8601 time; UTC when it names no zone. Raises ValueError.
+
+    Normalised first so that Python 3.10 reads what 3.11 does: 'Z' and fractions of any length.
+    """
+    t = text.strip().replace("Z", "+00:00")
+    t = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], t, count=1)
+    dt = datetime.fromisoformat(t)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def parse_time(text: str, now: float) -> float:
     """Unix seconds from ``now``, ``now-7d``, an ISO-8601 time (UTC if no zone) or unix seconds."""
     from sidecar.durations import parse_duration
@@ -51,10 +66,9 @@ def parse_time(text: str, now: float) -> float:
     except ValueError:
         pass
     try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return iso_seconds(s)
     except ValueError:
         raise BadInput(f"invalid time {text!r}: use now, now-7d, 2026-11-01T00:00:00Z or unix seconds") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _iso(ts: float) -> str:
@@ -87,10 +101,9 @@ def _parse_timestamps(path: Path, col: list[str]) -> np.ndarray:
     out = np.empty(len(col))
     for i, text in enumerate(col):
         try:
-            dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+            out[i] = iso_seconds(text)
         except ValueError:
             raise BadInput(f"{path}:{i + 2}: unparsable timestamp {text!r}: use ISO-8601 such as 2014-04-10 07:15:00, or unix seconds") from None
-        out[i] = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
     return out
 
 

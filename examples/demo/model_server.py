@@ -202,8 +202,8 @@ def make_handler(server: ModelServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def load_generator(server: ModelServer, base_url: str, rps: float, stop: threading.Event, period: float = 600.0) -> None:
-    """Open-loop load: Poisson arrivals every 50 ms tick, a smooth 'daily' rhythm every ``period`` s."""
+def load_generator(server: ModelServer, base_url: str, rps: float, stop: threading.Event, period: float = 1800.0) -> None:
+    """Open-loop load: Poisson arrivals every 50 ms tick, a gentle 'daily' rhythm every ``period`` s."""
     session = requests.Session()
     rng = np.random.default_rng(1)
     started = last_leak = time.time()
@@ -212,7 +212,7 @@ def load_generator(server: ModelServer, base_url: str, rps: float, stop: threadi
         now = time.time()
         phase = 2 * math.pi * (now - started) / period
         for model, share in zip(MODELS, (0.65, 0.35)):
-            rate = rps * share * (1 + 0.3 * math.sin(phase))
+            rate = rps * share * (1 + 0.1 * math.sin(phase))
             if server.on("traffic_drop", model):
                 rate *= 0.1
             for _ in range(rng.poisson(rate * tick)):
@@ -234,7 +234,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=18000)
-    p.add_argument("--load", type=float, default=20.0, help="requests per second of the built-in load generator (0: none)")
+    p.add_argument("--load", type=float, default=40.0, help="requests per second of the built-in load generator (0: none)")
     args = p.parse_args()
     server = ModelServer()
     httpd = ThreadingHTTPServer((args.host, args.port), make_handler(server))

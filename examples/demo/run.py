@@ -157,7 +157,7 @@ class Stack:
         stamp = time.strftime("%H:%M:%S")
         if not rows:
             n = int(float(waiting[0]["value"][1])) if waiting else 0
-            print(f"[{stamp}] warming up: {n} series are collecting history before they get a score (about 3-4 minutes)")
+            print(f"[{stamp}] warming up: {n} series are collecting history before they get a score (about 5-6 minutes)")
             return
         print(f"[{stamp}] highest anomaly scores (1 = edge of the expected band):")
         for s in rows:
@@ -169,7 +169,7 @@ class Stack:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="Run the anomaly-sidecar demo on 127.0.0.1")
-    p.add_argument("--load", type=float, default=20.0, help="requests per second of the model server's load generator")
+    p.add_argument("--load", type=float, default=40.0, help="requests per second of the model server's load generator")
     p.add_argument("--status-every", type=float, default=15.0, help="seconds between status lines (0: quiet)")
     args = p.parse_args()
     # Ctrl-C, kill and a closed terminal all end in the same clean stop of every process.
@@ -213,7 +213,7 @@ anomaly-sidecar demo is running (logs and data in {DEMO}/). Open:
   Alertmanager           {stack.url('alertmanager')}/
   model server           {m}/metrics
 
-Series need about 3-4 minutes of history before they are scored. Then inject an anomaly
+Series need about 5-6 minutes of history before they are scored. Then inject an anomaly
 (latency, errors, traffic_drop, drift, memory_leak), for 10 minutes, on model fraud-v3:
   curl -X POST '{m}/scenario/latency?model=fraud-v3&duration=600'
 and watch its score rise above 1 below, in Prometheus, and (after the alert's 'for:' time)
