@@ -401,3 +401,22 @@ def test_row_quantiles_match_numpy_whatever_the_gaps() -> None:
     full = X[:20, 3:]  # no gaps
     for got, want in zip(nanquantile_rows(full, qs), np.quantile(full, qs, axis=1)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_young_series_keep_the_level_band_until_the_history_holds_enough_windows():
+    """Shift and jump spreads from a handful of windows would tighten the band on noise."""
+    from sidecar.detectors import build
+
+    step, w = 60.0, 10  # window "10m" at one-minute steps
+    rng = np.random.default_rng(3)
+    x = 10 + rng.normal(0, 1, 400)
+    t = 1.7e9 + step * np.arange(400)
+    shifted = np.full((1, 20), 12.5)  # a 2.5-sigma sustained shift: only the shift check sees it
+    scores = {}
+    for n in (5 * w, 300):  # 5 windows of history (young), 30 windows (grown)
+        det = build({"type": "adaptive", "window": "10m", "min_history": 30}).fit(x[None, -n:], t[-n:])
+        s = det.score(shifted, t[-1] + step * np.arange(1, 21))
+        scores[n] = s.score[0, -1]
+        if n == 5 * w:
+            np.testing.assert_allclose(s.upper[0], (det.level_ + det.center_ + det.half_up_)[0])  # the level band alone
+    assert scores[5 * w] < 1 < scores[300]

@@ -47,6 +47,9 @@ _SEASONAL_GAIN = 0.6
 _UNLEARNED_WINDOWS = 2
 #: An extreme counts as normal once this many separate blocks of the history reached it.
 _EPISODES = 2
+#: Blocks of history (the learned episodes and the unlearned newest one) a series needs before
+#: the shift and jump checks may tighten its band.
+_SHIFT_BLOCKS = _EPISODES + 1
 #: Share of a window that must be present (not NaN) for its mean to count.
 _WINDOW_COVERAGE = 0.75
 
@@ -243,6 +246,12 @@ class Adaptive(Detector):
         with np.errstate(invalid="ignore", divide="ignore"):
             jumps[:, 1:] = np.where(cnt[:, :-1] >= 0.5 * w, r[:, 1:] - s[:, :-1] / cnt[:, :-1], np.nan)
         self.jump_center_, self.jump_up_, self.jump_lo_ = self._spread(jumps, floor)
+        # The spread of window means and jumps needs several independent windows: with a
+        # younger history (a new pod) they would tighten the band on noise, so such series
+        # keep the level band alone (an infinite edge leaves it as it is).
+        young = self.n_history_ < _SHIFT_BLOCKS * _UNLEARNED_WINDOWS * w
+        for edge in (self.shift_up_, self.shift_lo_, self.jump_up_, self.jump_lo_):
+            edge[young] = np.inf
         # The last w residuals, to continue both checks into the scored points.
         tail = r[:, max(0, n_time - w) :]
         self.tail_ = np.concatenate([np.full((n_series, w - tail.shape[1]), np.nan), tail], axis=1)
