@@ -43,7 +43,7 @@ from scipy.special import gammainc, gammaincinv
 
 from sidecar.detectors.base import NotFittedError, Params, quiet_nan_warnings, require_int, require_number
 from sidecar.detectors.ml import require_seed, single_threaded
-from sidecar.detectors.registry import build_from
+from sidecar.detectors.registry import build_from, register_into
 
 #: The multivariate detector used when a backtest names none.
 DEFAULT_MULTIVARIATE = "mahalanobis"
@@ -301,14 +301,7 @@ M = TypeVar("M", bound=type[MultivariateDetector])
 
 def register_multivariate(cls: M) -> M:
     """Class decorator: make ``cls`` available under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls:
-        taken = f"{existing.__module__}.{existing.__name__}"
-        raise ValueError(f"multivariate detector name {cls.name!r} is taken by {taken}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return register_into(_REGISTRY, cls, "multivariate detector")
 
 
 def available_multivariate() -> dict[str, type[MultivariateDetector]]:

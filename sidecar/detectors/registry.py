@@ -25,15 +25,20 @@ log = logging.getLogger(__name__)
 D = TypeVar("D", bound=type[Detector])
 
 
-def register(cls: D) -> D:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
+def register_into(registry: dict[str, Any], cls: Any, kind: str = "detector") -> Any:
+    """Add ``cls`` to ``registry`` under ``cls.name``; a name taken by another class is an error."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    existing = _REGISTRY.get(cls.name)
+    existing = registry.get(cls.name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"detector name {cls.name!r} is taken by {existing.__module__}.{existing.__name__}")
-    _REGISTRY[cls.name] = cls
+        raise ValueError(f"{kind} name {cls.name!r} is taken by {existing.__module__}.{existing.__name__}")
+    registry[cls.name] = cls
     return cls
+
+
+def register(cls: D) -> D:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    return register_into(_REGISTRY, cls)
 
 
 def _load_plugins() -> None:
