@@ -338,7 +338,7 @@ def backtest_query(
     out = []
     keep = slice(history, None)
     for i, key in enumerate(keys):
-        s = Scores(*(getattr(scores, n)[i : i + 1, keep] for n in ("score", "expected", "lower", "upper")))
+        s = scores.take((slice(i, i + 1), keep))
         t = result.timestamps[keep]
         out.append(SeriesResult(dict(key), t, X[i, keep], s, alerts_from_scores(t, s.score[0], threshold, for_)))
     return out
@@ -387,7 +387,7 @@ def score_table(table: Table, detector: Detector, *, history: int, refit_every: 
         train_t = train.timestamps[-history:]
         fitted = detector.fit(train.values[-history:, 0][None, :], train_t)
         s = fitted.score(x[None, :], tg)
-    return Scores(*(getattr(s, n)[:, idx] for n in ("score", "expected", "lower", "upper")))
+    return s.take((slice(None), idx))
 
 
 # -- output --------------------------------------------------------------------------------

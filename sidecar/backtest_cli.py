@@ -16,10 +16,10 @@ import numpy as np
 import yaml
 
 from sidecar import backtest as bt
+from sidecar.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from sidecar.detectors import DetectorSpecError, available, build
 from sidecar.durations import format_duration, parse_duration
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: CSV replays: history each fit sees and how often it is refitted (the default detector's
 #: recommended settings; each file's own median step turns them into points).
 CSV_HISTORY = "14d"

@@ -48,8 +48,9 @@ class Scores:
     lower: np.ndarray
     upper: np.ndarray
 
-    def take(self, rows: np.ndarray | slice) -> "Scores":
-        return Scores(self.score[rows], self.expected[rows], self.lower[rows], self.upper[rows])
+    def take(self, index: Any) -> "Scores":
+        """The same numpy index (rows, or rows and columns) applied to every array."""
+        return Scores(self.score[index], self.expected[index], self.lower[index], self.upper[index])
 
 
 def band_score(x: np.ndarray, expected: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:

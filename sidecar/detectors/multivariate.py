@@ -76,9 +76,6 @@ class MultivariateScores:
     score: np.ndarray
     contributions: np.ndarray
 
-    def take(self, rows: np.ndarray | slice) -> "MultivariateScores":
-        return MultivariateScores(self.score[rows], self.contributions[rows])
-
 
 def check_matrix(X: Any) -> np.ndarray:
     """2-D float (n_samples, n_features); one 1-D vector is one row; ±Inf is missing."""
